@@ -1,0 +1,189 @@
+"""The ``vesalius`` command: one thin command per step, each calling the Python API of its module.
+
+Heavy modules (torch, MONAI, SimpleITK) load inside the commands, so ``vesalius --help`` answers at once.
+A :class:`~vesalius.errors.VesaliusError` is printed as one line and exits with code 2; ``--debug`` (or
+``VESALIUS_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from vesalius.errors import VesaliusError
+
+app = typer.Typer(
+    name="vesalius",
+    help="Deep learning on medical images: import, verify, plan, train, predict, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": bool(os.environ.get("VESALIUS_DEBUG"))}
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (default: $VESALIUS_HOME or ./vesalius_work)."),
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    if debug:
+        _state["debug"] = True
+
+
+@contextmanager
+def _progress(description: str, total: int | None) -> Iterator[Callable[[str], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda _case: progress.advance(task)
+
+
+def _print_report(report, limit: int = 200) -> None:  # type: ignore[no-untyped-def]
+    lines = report.lines()
+    for line in lines[:limit]:
+        style = "red" if line.startswith("ERROR") else "yellow"
+        out.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+    if len(lines) > limit:
+        out.print(f"... and {len(lines) - limit} more", markup=False)
+    out.print(report.summary(), markup=False, highlight=False)
+
+
+@app.command("import")
+def import_cmd(
+    source: Annotated[Path, typer.Argument(help="Folder, CSV or MedMNIST .npz to import.")],
+    name: Annotated[str, typer.Argument(help="Name of the data set in the workspace.")],
+    layout: Annotated[str, typer.Option(help="auto, msd, pairs, classes, csv or npz.")] = "auto",
+    labels: Annotated[str | None, typer.Option("--labels", help="Label folder (pairs layout).")] = None,
+    label_threshold: Annotated[
+        str, typer.Option(help="Pairs: binarise labels at this value; 'auto' (0/255 masks) or 'none'.")
+    ] = "auto",
+    modality: Annotated[
+        str | None, typer.Option(help="Modality per channel, comma-separated (e.g. CT or FLAIR,T1c).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Import despite errors, leaving out broken cases.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a data set of the same name.")] = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Import a data set into the workspace (sources are never modified), then verify it."""
+    from vesalius.data.importers import ImportRefused, import_dataset
+
+    threshold: int | str | None = {"auto": "auto", "none": None}.get(label_threshold.lower(), label_threshold)
+    if isinstance(threshold, str) and threshold != "auto":
+        if not threshold.isdigit():
+            raise VesaliusError(f"--label-threshold '{label_threshold}'", remedy="give a number, 'auto' or 'none'")
+        threshold = int(threshold)
+    try:
+        with _progress(f"importing {name}", total=None) as advance:
+            dataset, report = import_dataset(
+                source,
+                name,
+                layout=layout,  # type: ignore[arg-type]
+                labels_dir=labels,
+                label_threshold=threshold,  # type: ignore[arg-type]
+                modalities=modality.split(",") if modality else None,
+                workspace=workspace,
+                force=force,
+                overwrite=overwrite,
+                on_case=advance,
+            )
+    except ImportRefused as e:
+        _print_report(e.report)
+        raise
+    _print_report(report)
+    for note in dataset.notes:
+        out.print(f"note: {note}", markup=False)
+    out.print(
+        f"imported '{name}': {len(dataset.cases)} cases, {dataset.task}, {dataset.spatial_dims}D, "
+        f"channels {dataset.channels}, labels {dataset.labels} -> {dataset.root}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+def verify(
+    name: Annotated[str, typer.Argument(help="Data set name in the workspace.")],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Check every case of an imported data set; exit code 2 when errors are found."""
+    from vesalius.data.dataset import Dataset
+    from vesalius.data.verify import verify_dataset
+    from vesalius.workspace import Workspace
+
+    folder = Workspace.resolve(workspace).dataset_dir(name)
+    if not folder.is_dir():
+        raise VesaliusError(f"no data set '{name}'", folder, "import it first with 'vesalius import SRC NAME'")
+    dataset = Dataset.load(folder)
+    with _progress(f"verifying {name}", total=len(dataset.cases)) as advance:
+        report = verify_dataset(dataset, on_case=advance)
+    _print_report(report)
+    if not report.ok:
+        raise typer.Exit(2)
+
+
+@app.command()
+def datasets(workspace: WorkspaceOption = None) -> None:
+    """List the data sets in the workspace."""
+    from vesalius.data.dataset import Dataset
+    from vesalius.workspace import Workspace
+
+    ws = Workspace.resolve(workspace)
+    for name in ws.dataset_names():
+        d = Dataset.load(ws.dataset_dir(name))
+        out.print(f"{name}\t{d.task}\t{d.spatial_dims}D\t{len(d.cases)} cases\t{d.source.get('layout', '')}")
+
+
+@app.command()
+def demo(
+    cases: Annotated[int, typer.Option(help="Number of synthetic 3D cases.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 0,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Run the pipeline end to end on built-in synthetic phantoms (no download needed)."""
+    from vesalius.demo import run_demo
+
+    run_demo(workspace=workspace, num_cases=cases, seed=seed, echo=lambda s: out.print(s, markup=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, print user errors as one line (exit 2), tracebacks only with --debug."""
+    try:
+        app(args=argv, prog_name="vesalius")  # standalone: usage errors print and raise SystemExit
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except VesaliusError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"error: {e.one_line()}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except Exception as e:  # a bug, not a user error: say so and keep the traceback one flag away
+        if _state["debug"]:
+            raise
+        err.print(
+            f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback and report it)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

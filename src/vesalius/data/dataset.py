@@ -1,0 +1,139 @@
+"""One object that describes a data set: its cases, channels, labels, task and source.
+
+A :class:`Dataset` is stored as ``dataset.json`` in its folder; case files are kept relative to that folder, so
+the folder can be moved. Importers build a ``Dataset`` whose paths point into the source; after import they
+point into the workspace copy (nnU-Net v2 layout: ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vesalius.errors import VesaliusError
+
+Task = Literal["segmentation", "classification"]
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Case:
+    """One case.
+
+    Attributes:
+        case_id: unique identifier, usable in file names.
+        images: image files (one per channel, or one multi-channel file such as an RGB picture); relative to
+            the data set root unless absolute.
+        label: segmentation label file (segmentation tasks).
+        target: class index (classification tasks).
+        split: a split that came with the source (``"train"``, ``"val"``, ``"test"``), if any.
+        source: where the case came from (file paths or ``file.npz:train[12]``), for messages and provenance.
+    """
+
+    case_id: str
+    images: list[str]
+    label: str | None = None
+    target: int | None = None
+    split: str | None = None
+    source: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    """A data set: cases plus what they mean.
+
+    Attributes:
+        name: the workspace name.
+        task: ``"segmentation"`` or ``"classification"``.
+        spatial_dims: 2 or 3.
+        channels: channel names in order (``["MRI"]``, ``["FLAIR", "T1c"]``, ``["R", "G", "B"]``).
+        labels: segmentation label values, or classification class indices, mapped to names.
+        cases: the cases.
+        source: the folder or file it was imported from, and its layout.
+        root: the folder that case paths are relative to (not stored).
+        modalities: per channel, the kind of intensities (``"CT"``, ``"MRI"``, ``"RGB"``, ...), used to choose
+            normalisation.
+        notes: conversions applied on import (label thresholds, channel splits), for the record.
+        stray_files: files in the source that belong to no case (reported by verification).
+    """
+
+    name: str
+    task: Task
+    spatial_dims: int
+    channels: list[str]
+    labels: dict[int, str]
+    cases: list[Case]
+    source: dict[str, str] = field(default_factory=dict)
+    root: Path | None = None
+    modalities: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stray_files: list[str] = field(default_factory=list)
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a case file."""
+        p = Path(relative)
+        return p if p.is_absolute() or self.root is None else self.root / p
+
+    def image_paths(self, case: Case) -> list[Path]:
+        return [self.path(p) for p in case.images]
+
+    def label_path(self, case: Case) -> Path | None:
+        return None if case.label is None else self.path(case.label)
+
+    def case(self, case_id: str) -> Case:
+        for c in self.cases:
+            if c.case_id == case_id:
+                return c
+        raise VesaliusError(f"no case '{case_id}' in data set '{self.name}'")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("root")
+        d["labels"] = {str(k): v for k, v in self.labels.items()}
+        return {"vesalius_dataset": SCHEMA_VERSION, **d}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], root: Path | None = None) -> Dataset:
+        d = dict(d)
+        d.pop("vesalius_dataset", None)
+        d["labels"] = {int(k): v for k, v in d["labels"].items()}
+        d["cases"] = [Case(**c) for c in d["cases"]]
+        return cls(**d, root=root)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/dataset.json`` atomically."""
+        path = Path(folder) / "dataset.json"
+        write_json_atomic(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Dataset:
+        """Read ``folder/dataset.json`` written by :meth:`save`."""
+        path = Path(folder) / "dataset.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise VesaliusError("no dataset.json", Path(folder), "import the data set with 'vesalius import'") from None
+        except json.JSONDecodeError as e:
+            raise VesaliusError(f"invalid JSON ({e})", path, "re-import the data set") from None
+        if "vesalius_dataset" not in raw:
+            raise VesaliusError("not a Vesalius data set description", path, "import it with 'vesalius import'")
+        return cls.from_json(raw, root=Path(folder))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

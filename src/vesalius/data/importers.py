@@ -1,0 +1,557 @@
+"""Bring a data set into the workspace from the layouts users have.
+
+Layouts (``layout="auto"`` picks one from what it finds):
+
+* ``msd``: Medical Segmentation Decathlon or nnU-Net v2 raw data set: ``dataset.json``, ``imagesTr/``,
+  ``labelsTr/``; channels as 4D images (MSD) or ``CASE_0000`` files (nnU-Net v2).
+* ``pairs``: a folder of images and a folder of labels matched by name (``images/`` + ``labels/`` or
+  ``masks/``, or ``--labels DIR``); a label may add a suffix (``Image_01L`` <- ``Image_01L_1stHO``). An image may
+  be a DICOM series folder.
+* ``classes``: one sub-folder per class holding the images.
+* ``csv``: a CSV with an image path column and a class column (paths relative to the CSV).
+* ``npz``: MedMNIST ``.npz`` (``{split}_images``, ``{split}_labels``; 2D, 2D RGB or 3D; labels ``(N,)`` or
+  ``(N, 1)``).
+
+The copy in the workspace uses the nnU-Net v2 layout (``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``):
+NIfTI keeps the geometry of every source format. Sources are only read, never changed. The copy is built in a
+temporary folder, verified, and renamed into place, so a failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from vesalius.data.dataset import Case, Dataset, Task
+from vesalius.data.verify import Problem, VerificationReport, verify_dataset
+from vesalius.errors import VesaliusError
+from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix, write_image
+from vesalius.workspace import Workspace
+
+Layout = Literal["auto", "msd", "pairs", "classes", "csv", "npz"]
+LabelThreshold = int | Literal["auto"] | None
+IMAGE_DIRS = ("images", "imagesTr", "image", "imgs")
+LABEL_DIRS = ("labels", "labelsTr", "masks", "mask", "label", "segmentations", "gt", "ground_truth")
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_STRAY = re.compile(r"^(\._.*|\.DS_Store|Thumbs\.db|desktop\.ini)$")
+
+
+@dataclass
+class SourceCase:
+    """A case as found in the source: files (or DICOM folders) not yet converted."""
+
+    case_id: str
+    images: list[Path]
+    label: Path | None = None
+    target: int | None = None
+    split: str | None = None
+
+
+@dataclass
+class SourceScan:
+    """What a layout scanner found; ``None`` fields are inferred from the data during conversion."""
+
+    layout: str
+    task: Task
+    cases: list[SourceCase]
+    spatial_dims: int | None = None
+    channels: list[str] | None = None
+    modalities: list[str] | None = None
+    labels: dict[int, str] | None = None
+    channels_last_4d: bool = False
+    stray_files: list[Path] = field(default_factory=list)
+
+
+def import_dataset(
+    source: str | Path,
+    name: str,
+    *,
+    layout: Layout = "auto",
+    labels_dir: str | None = None,
+    label_threshold: LabelThreshold = "auto",
+    modalities: list[str] | None = None,
+    workspace: str | Path | Workspace | None = None,
+    force: bool = False,
+    overwrite: bool = False,
+    on_case: Callable[[str], None] | None = None,
+) -> tuple[Dataset, VerificationReport]:
+    """Import ``source`` as data set ``name`` into the workspace and verify it.
+
+    Args:
+        source: a folder, a CSV file or a MedMNIST ``.npz``.
+        name: the data set's name in the workspace.
+        layout: the source layout, or ``"auto"``.
+        labels_dir: for ``pairs``, the label folder (name inside ``source`` or a path).
+        label_threshold: for ``pairs``, binarise labels as ``value >= threshold``; ``"auto"`` does so at 128
+            for 8-bit masks whose maximum is 255 (the usual 0/255 mask pictures); ``None`` keeps values.
+        modalities: one per channel (``"CT"``, ``"MRI"``, ...), overriding what the source says.
+        workspace: the workspace (default ``$VESALIUS_HOME`` or ``./vesalius_work``).
+        force: import even when verification finds errors (cases that cannot be read are left out).
+        overwrite: replace an existing data set of that name.
+        on_case: progress callback, called with each case id.
+
+    Returns:
+        The imported data set (paths in the workspace) and the verification report, whose problems name the
+        source files.
+
+    Raises:
+        VesaliusError: unknown layout, unusable source, name taken, or verification errors without ``force``.
+    """
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    source = Path(os.path.abspath(source))
+    target = ws.dataset_dir(name)
+    if not source.exists():
+        raise VesaliusError("source not found", source, "check the path")
+    if target.exists() and not overwrite:
+        raise VesaliusError(
+            f"data set '{name}' already exists", target, "choose another name or pass --overwrite"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=target.parent))
+    try:
+        if (layout == "auto" and source.suffix.lower() == ".npz") or layout == "npz":
+            dataset, problems, origin = _convert_npz(source, name, staging)
+        else:
+            scan = scan_source(source, layout, labels_dir)
+            if modalities:
+                scan.modalities = list(modalities)
+            dataset, problems, origin = _convert(scan, source, name, staging, label_threshold, on_case)
+        report = verify_dataset(dataset)
+        report.problems = problems + [_to_source(p, origin) for p in report.problems]
+        if report.errors and not force:
+            raise ImportRefused(report)
+        if report.errors:
+            bad = {p.case_id for p in report.errors if p.case_id}
+            dataset.cases = [c for c in dataset.cases if c.case_id not in bad]
+            dataset.notes.append(f"imported with --force; left out {len(bad)} cases with errors")
+        dataset.save(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    dataset.root = target
+    return dataset, report
+
+
+class ImportRefused(VesaliusError):
+    """Verification found errors; the report lists them all."""
+
+    def __init__(self, report: VerificationReport) -> None:
+        self.report = report
+        super().__init__(
+            f"import refused: {len(report.errors)} errors found",
+            remedy="fix the files listed above, or pass --force to import the cases without errors",
+        )
+
+
+def _to_source(problem: Problem, origin: dict[str, str]) -> Problem:
+    return Problem(problem.severity, origin.get(problem.file, problem.file), problem.message, problem.case_id)
+
+
+# --------------------------------------------------------------------------------------------- layouts
+
+
+def scan_source(source: Path, layout: Layout = "auto", labels_dir: str | None = None) -> SourceScan:
+    """Find the cases of a folder or CSV without reading any image."""
+    if layout == "auto":
+        layout = detect_layout(source, labels_dir)
+    scanners: dict[str, Callable[[], SourceScan]] = {
+        "msd": lambda: _scan_msd(source),
+        "pairs": lambda: _scan_pairs(source, labels_dir),
+        "classes": lambda: _scan_classes(source),
+        "csv": lambda: _scan_csv(source),
+    }
+    if layout not in scanners:
+        raise VesaliusError(f"unknown layout '{layout}'", remedy="use msd, pairs, classes, csv or npz")
+    return scanners[layout]()
+
+
+def detect_layout(source: Path, labels_dir: str | None = None) -> str:
+    """Guess the layout of ``source`` from its files."""
+    if source.is_file():
+        suffix = source.suffix.lower()
+        if suffix in (".npz", ".csv"):
+            return suffix[1:]
+        raise VesaliusError("not a data set", source, "give a folder, a CSV file or a MedMNIST .npz file")
+    if (source / "dataset.json").is_file():
+        return "msd"
+    if labels_dir or any((source / d).is_dir() for d in IMAGE_DIRS):
+        return "pairs"
+    subdirs = [d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if subdirs and all(any(_image_entries(d)) for d in subdirs):
+        return "classes"
+    raise VesaliusError(
+        "cannot tell the layout",
+        source,
+        "expected dataset.json (MSD/nnU-Net), images/ + labels/ (pairs) or one folder per class; "
+        "or pass --layout",
+    )
+
+
+def _image_entries(folder: Path) -> list[Path]:
+    """Image files and DICOM series folders in ``folder``, in name order (stray files excluded)."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if _STRAY.match(p.name):
+            continue
+        if (p.is_file() and image_suffix(p)) or (p.is_dir() and any(p.iterdir())):
+            out.append(p)
+    return out
+
+
+def _stray(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if _STRAY.match(p.name) or (p.is_file() and not image_suffix(p))]
+
+
+def _scan_msd(source: Path) -> SourceScan:
+    meta_path = source / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise VesaliusError(f"invalid JSON ({e})", meta_path, "fix the file") from None
+    images_dir, labels_dir = source / "imagesTr", source / "labelsTr"
+    if not images_dir.is_dir():
+        raise VesaliusError("no imagesTr folder next to dataset.json", source, "check the data set layout")
+    channel_names = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
+    channels = [str(channel_names[k]) for k in sorted(channel_names, key=int)]
+    labels = _declared_labels(meta.get("labels", {}), meta_path)
+    four_d = str(meta.get("tensorImageSize", "3D")).upper() == "4D" and "channel_names" not in meta
+    spatial_dims = 2 if str(meta.get("tensorImageSize", "3D")).upper() == "2D" else 3
+    ending = meta.get("file_ending", ".nii.gz")
+    cases: list[SourceCase] = []
+    if "training" in meta:  # MSD: explicit list
+        for entry in meta["training"]:
+            listed = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+            images = [source / p for p in listed]
+            if len(images) == 1 and not images[0].exists():  # nnU-Net-converted MSD: CASE_0000.nii.gz files
+                stem = strip_suffix(images[0])
+                found = sorted(images[0].parent.glob(f"{stem}_[0-9][0-9][0-9][0-9]{image_suffix(images[0])}"))
+                images = found or images
+            case_id = _CHANNEL_FILE.sub(r"\g<case>", strip_suffix(images[0])) if len(images) > 1 else strip_suffix(
+                images[0]
+            )
+            cases.append(SourceCase(case_id, images, source / entry["label"]))
+    else:  # nnU-Net v2: files CASE_XXXX{ending} in imagesTr, CASE{ending} in labelsTr
+        groups: dict[str, list[Path]] = {}
+        for p in _image_entries(images_dir):
+            m = _CHANNEL_FILE.match(strip_suffix(p))
+            if p.name.endswith(ending) and m:
+                groups.setdefault(m["case"], []).append(p)
+        for case_id, files in sorted(groups.items()):
+            cases.append(SourceCase(case_id, sorted(files), labels_dir / f"{case_id}{ending}"))
+    used = {p for c in cases for p in [*c.images, c.label] if p is not None}
+    stray = [
+        p
+        for d in (images_dir, labels_dir)
+        if d.is_dir()
+        for p in sorted(d.iterdir())
+        if p not in used and (p.is_file() or _STRAY.match(p.name))
+    ]
+    return SourceScan(
+        "msd", "segmentation", cases, spatial_dims, channels, channels, labels, four_d, stray_files=stray
+    )
+
+
+def _declared_labels(raw: dict[str, Any], path: Path) -> dict[int, str]:
+    """MSD labels ``{"0": "background"}`` or nnU-Net v2 labels ``{"background": 0}``."""
+    out: dict[int, str] = {}
+    for k, v in raw.items():
+        try:
+            if isinstance(v, int):
+                out[v] = k
+            else:
+                out[int(k)] = str(v)
+        except (TypeError, ValueError):
+            raise VesaliusError(
+                f"label entry {k!r}: {v!r} is not a value-name pair", path, "use MSD or nnU-Net v2 label syntax"
+            ) from None
+    return out
+
+
+def _scan_pairs(source: Path, labels_dir: str | None) -> SourceScan:
+    images_dir = next((source / d for d in IMAGE_DIRS if (source / d).is_dir()), None)
+    if images_dir is None:
+        raise VesaliusError("no images/ folder", source, f"put the images in one of {', '.join(IMAGE_DIRS)}")
+    if labels_dir:
+        label_folder = Path(labels_dir) if Path(labels_dir).is_absolute() else source / labels_dir
+        if not label_folder.is_dir():
+            raise VesaliusError("label folder not found", label_folder, "check --labels")
+    else:
+        candidates = [source / d for d in LABEL_DIRS if (source / d).is_dir()]
+        if not candidates:
+            others = [d for d in sorted(source.iterdir()) if d.is_dir() and d != images_dir]
+            candidates = [d for d in others if _image_entries(d)]
+        if len(candidates) != 1:
+            names = ", ".join(d.name for d in candidates) or "none"
+            raise VesaliusError(
+                f"cannot tell which folder holds the labels (candidates: {names})",
+                source,
+                "name it with --labels DIR",
+            )
+        label_folder = candidates[0]
+    images = _image_entries(images_dir)
+    labels = {strip_suffix(p): p for p in _image_entries(label_folder)}
+    cases, used = [], set()
+    for image in images:
+        stem = strip_suffix(image)
+        match = labels.get(stem)
+        if match is None:
+            options = [p for s, p in labels.items() if s.startswith(stem) and s[len(stem)] in "_-."]
+            if len(options) > 1:
+                raise VesaliusError(
+                    f"several labels match image {image.name}: {', '.join(p.name for p in options)}",
+                    label_folder,
+                    "keep one label per image",
+                )
+            match = options[0] if options else None
+        if match is not None:
+            used.add(match)
+        cases.append(SourceCase(stem, [image], match))
+    stray = _stray(images_dir) + _stray(label_folder) + [p for p in labels.values() if p not in used]
+    return SourceScan("pairs", "segmentation", cases, stray_files=stray)
+
+
+def _scan_classes(source: Path) -> SourceScan:
+    class_dirs = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    labels = {i: d.name for i, d in enumerate(class_dirs)}
+    cases = [
+        SourceCase(f"{d.name}_{strip_suffix(p)}", [p], target=i)
+        for i, d in enumerate(class_dirs)
+        for p in _image_entries(d)
+    ]
+    stray = [p for d in class_dirs for p in _stray(d)]
+    return SourceScan("classes", "classification", cases, labels=labels, stray_files=stray)
+
+
+def _scan_csv(path: Path) -> SourceScan:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise VesaliusError("empty CSV", path, "add a header line and one row per image")
+    columns = {c.lower().strip(): c for c in rows[0]}
+    image_col = next((columns[c] for c in ("image", "path", "file", "filename") if c in columns), None)
+    label_col = next((columns[c] for c in ("label", "class", "target", "diagnosis") if c in columns), None)
+    if image_col is None or label_col is None:
+        raise VesaliusError(
+            f"CSV needs an image column and a label column, found {list(rows[0])}",
+            path,
+            "name them 'image' and 'label'",
+        )
+    raw = [r[label_col].strip() for r in rows]
+    names = sorted(set(raw), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
+    index = {n: i for i, n in enumerate(names)}
+    id_col, split_col = columns.get("case_id") or columns.get("id"), columns.get("split")
+    cases = []
+    for row, value in zip(rows, raw, strict=True):
+        image = path.parent / row[image_col].strip()
+        case_id = row[id_col].strip() if id_col else strip_suffix(image)
+        cases.append(SourceCase(case_id, [image], target=index[value], split=row[split_col] if split_col else None))
+    return SourceScan("csv", "classification", cases, labels=dict(enumerate(names)))
+
+
+# ------------------------------------------------------------------------------------------ conversion
+
+
+def _convert(
+    scan: SourceScan,
+    source: Path,
+    name: str,
+    staging: Path,
+    label_threshold: LabelThreshold,
+    on_case: Callable[[str], None] | None,
+) -> tuple[Dataset, list[Problem], dict[str, str]]:
+    """Copy or convert every case into ``staging`` (nnU-Net v2 layout); collect read failures as problems."""
+    (staging / "imagesTr").mkdir()
+    if scan.task == "segmentation":
+        (staging / "labelsTr").mkdir()
+    problems: list[Problem] = []
+    origin: dict[str, str] = {}
+    cases: list[Case] = []
+    spatial_dims, channels = scan.spatial_dims, scan.channels
+    found_values: set[int] = set()
+    thresholded = False
+    for sc in scan.cases:
+        try:
+            files, dims, n_channels, picture_dtype = _convert_images(sc, staging, scan.channels_last_4d, origin)
+            spatial_dims = spatial_dims or dims
+            if channels is None:
+                channels = _channel_names(n_channels, picture_dtype)
+                if scan.modalities is None:
+                    kind = "RGB" if n_channels == 3 and picture_dtype else ("8bit" if picture_dtype else "other")
+                    scan.modalities = [kind] * n_channels
+            label_rel = None
+            if sc.label is not None and sc.label.exists():
+                label_rel, values, did_threshold = _convert_label(sc, staging, scan.labels is None, label_threshold)
+                origin[str(staging / label_rel)] = str(sc.label)
+                found_values |= values
+                thresholded |= did_threshold
+            elif scan.task == "segmentation":
+                label_rel = f"labelsTr/{sc.case_id}.nii.gz"
+                origin[str(staging / label_rel)] = str(sc.label or sc.images[0])
+        except VesaliusError as e:
+            problems.append(Problem("error", e.file or str(sc.images[0]), f"unreadable: {e.problem}", sc.case_id))
+        else:
+            sources = [str(p) for p in sc.images] + ([str(sc.label)] if sc.label else [])
+            cases.append(Case(sc.case_id, files, label_rel, sc.target, sc.split, sources))
+        if on_case:
+            on_case(sc.case_id)
+    labels = scan.labels
+    if labels is None and thresholded:
+        labels = {0: "background", 1: "foreground"}
+    elif labels is None:
+        labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(found_values | {0})}
+    notes = [f"labels binarised as value >= {_threshold_value(label_threshold)}"] if thresholded else []
+    dataset = Dataset(
+        name=name,
+        task=scan.task,
+        spatial_dims=spatial_dims or 3,
+        channels=channels or ["image"],
+        labels=labels,
+        cases=cases,
+        source={"path": str(source), "layout": scan.layout},
+        root=staging,
+        modalities=scan.modalities or [],
+        notes=notes,
+        stray_files=[str(p) for p in scan.stray_files],
+    )
+    return dataset, problems, origin
+
+
+def _channel_names(n: int, picture: bool) -> list[str]:
+    if picture and n in (1, 3):
+        return ["grey"] if n == 1 else ["R", "G", "B"]
+    return ["image"] if n == 1 else [f"channel_{i}" for i in range(n)]
+
+
+def _convert_images(
+    sc: SourceCase, staging: Path, channels_last_4d: bool, origin: dict[str, str]
+) -> tuple[list[str], int, int, bool]:
+    """Write the channels of one case; returns (relative files, spatial dims, channels, is 8-bit picture)."""
+    files: list[str] = []
+    dims, picture = 0, False
+    for src in sc.images:
+        if src.is_file() and src.name.endswith(".nii.gz") and not channels_last_4d:
+            rel = f"imagesTr/{sc.case_id}_{len(files):04d}.nii.gz"
+            shutil.copyfile(src, staging / rel)  # exact bytes; verification reads it back
+            origin[str(staging / rel)] = str(src)
+            files.append(rel)
+            continue
+        image = read_image(src)
+        if channels_last_4d and image.ndim == 4:
+            image = _split_last_axis(image)
+        dims = image.ndim
+        picture = picture or (image_suffix(src) in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+                              and image.array.dtype == np.uint8)
+        for c in range(image.num_channels):
+            rel = f"imagesTr/{sc.case_id}_{len(files):04d}.nii.gz"
+            write_image(image.channel(c), staging / rel)
+            origin[str(staging / rel)] = str(src)
+            files.append(rel)
+    return files, dims, len(files), picture
+
+
+def _split_last_axis(image: Image) -> Image:
+    """A 4D MSD image (channels as the 4th axis) as a 3D image with channels."""
+    g = image.geometry
+    direction = g.direction_matrix[:3, :3]
+    geometry = Geometry(g.spacing[:3], g.origin[:3], tuple(direction.ravel()))
+    return Image(np.moveaxis(image.array[0], -1, 0), geometry)
+
+
+def _threshold_value(label_threshold: LabelThreshold) -> int:
+    return 128 if label_threshold == "auto" else int(label_threshold or 0)
+
+
+def _convert_label(
+    sc: SourceCase, staging: Path, infer: bool, label_threshold: LabelThreshold
+) -> tuple[str, set[int], bool]:
+    """Write one label; threshold 8-bit 0/255 masks when asked. Returns (relative path, values, thresholded)."""
+    assert sc.label is not None
+    rel = f"labelsTr/{sc.case_id}.nii.gz"
+    if sc.label.name.endswith(".nii.gz") and not infer:
+        shutil.copyfile(sc.label, staging / rel)
+        return rel, set(), False
+    label = read_image(sc.label)
+    array = label.array
+    threshold = None
+    if label_threshold == "auto":
+        if array.dtype == np.uint8 and array.size and int(array.max()) == 255:
+            threshold = 128
+    elif label_threshold is not None:
+        threshold = int(label_threshold)
+    if threshold is not None:
+        array = (array >= threshold).astype(np.uint8)
+    elif array.dtype.kind in "iub" and array.size and 0 <= array.min() and array.max() <= 255:
+        array = array.astype(np.uint8)
+    write_image(label.with_array(array), staging / rel)
+    values = set(np.unique(array).astype(np.int64).tolist()) if array.dtype.kind in "iub" else set()
+    return rel, values, threshold is not None
+
+
+def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[Problem], dict[str, str]]:
+    """MedMNIST ``.npz``: every sample of every split becomes a NIfTI file (unit spacing)."""
+    try:
+        data = np.load(source)
+    except (OSError, ValueError) as e:
+        raise VesaliusError(f"cannot read npz ({e})", source, "download the file again") from None
+    splits = [k[: -len("_images")] for k in data.files if k.endswith("_images")]
+    if not splits:
+        raise VesaliusError("no '<split>_images' arrays", source, "expected a MedMNIST file (train_images, ...)")
+    (staging / "imagesTr").mkdir()
+    cases: list[Case] = []
+    ndim, rgb, classes = None, False, set()
+    for split in splits:
+        images, key = data[f"{split}_images"], f"{split}_labels"
+        if key not in data.files:
+            raise VesaliusError(f"'{split}_images' has no '{key}'", source, "the file is incomplete")
+        targets = data[key]
+        if targets.ndim == 2 and targets.shape[1] == 1:
+            targets = targets[:, 0]
+        if targets.ndim != 1:
+            raise VesaliusError(
+                f"'{key}' has shape {targets.shape}: multi-label data is not supported", source,
+                "use a single-label MedMNIST set",
+            )
+        if len(targets) != len(images):
+            raise VesaliusError(f"{len(images)} images but {len(targets)} labels in split '{split}'", source)
+        rgb = images.ndim == 4 and images.shape[-1] == 3
+        ndim = images.ndim - 1 - int(rgb)
+        if ndim not in (2, 3):
+            raise VesaliusError(f"'{split}_images' has shape {images.shape}", source, "expected (N,H,W[,3]) or (N,D,H,W)")
+        for i in range(len(images)):
+            # MedMNIST rows/columns (H, W[, D]) -> (C, X, Y[, Z]) with X along a row
+            array = np.moveaxis(images[i], -1, 0).transpose(0, 2, 1) if rgb else images[i].T[None]
+            case_id = f"{split}_{i:05d}"
+            files = []
+            for c in range(array.shape[0]):
+                rel = f"imagesTr/{case_id}_{c:04d}.nii.gz"
+                write_image(Image(np.ascontiguousarray(array[c : c + 1]), Geometry.default(ndim)), staging / rel)
+                files.append(rel)
+            target = int(targets[i])
+            classes.add(target)
+            cases.append(Case(case_id, files, None, target, split, [f"{source}:{split}[{i}]"]))
+    channels = ["R", "G", "B"] if rgb else ["image"]
+    dataset = Dataset(
+        name=name,
+        task="classification",
+        spatial_dims=ndim or 2,
+        channels=channels,
+        labels={c: str(c) for c in sorted(classes)},
+        cases=cases,
+        source={"path": str(source), "layout": "npz"},
+        root=staging,
+        modalities=["RGB"] * 3 if rgb else ["8bit"],
+    )
+    return dataset, [], {}
