@@ -49,9 +49,7 @@ def strip_suffix(path: str | Path) -> str:
     return name[: len(name) - len(suffix)] if suffix else Path(name).stem
 
 
-def read_image(
-    path: str | Path, *, canonical: bool | str = False, series_uid: str | None = None
-) -> Image:
+def read_image(path: str | Path, *, canonical: bool | str = False, series_uid: str | None = None) -> Image:
     """Read an image file or a DICOM series folder.
 
     Args:
@@ -83,7 +81,9 @@ def read_image(
                 path,
                 f"use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM series folder",
             )
-        stored_bytes = _check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+        stored_bytes = (
+            _check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
+        )
         try:
             itk = sitk.ReadImage(str(path))
         except RuntimeError as e:
@@ -110,12 +110,16 @@ def reorient(image: Image, orientation: str) -> Image:
     if current == orientation:
         out = Image(image.array, image.geometry, image.orientation_on_disk or current)
         return out
-    channels = [from_sitk(sitk.DICOMOrient(to_sitk(image, c), orientation)) for c in range(image.num_channels)]
+    channels = [
+        from_sitk(sitk.DICOMOrient(to_sitk(image, c), orientation)) for c in range(image.num_channels)
+    ]
     array = np.concatenate([c.array for c in channels], axis=0)
     return Image(array, channels[0].geometry, image.orientation_on_disk or current)
 
 
-def write_image(image: Image, path: str | Path, *, compress: bool = True, restore_orientation: bool = True) -> Path:
+def write_image(
+    image: Image, path: str | Path, *, compress: bool = True, restore_orientation: bool = True
+) -> Path:
     """Write an image atomically (temporary file, then rename).
 
     Args:
@@ -153,7 +157,9 @@ def write_image(image: Image, path: str | Path, *, compress: bool = True, restor
         sitk.WriteImage(to_sitk(image), tmp, useCompression=compress)
         os.replace(tmp, path)
     except RuntimeError as e:
-        raise VesaliusError(f"cannot write image ({_itk_reason(e)})", path, "check the folder and format") from None
+        raise VesaliusError(
+            f"cannot write image ({_itk_reason(e)})", path, "check the folder and format"
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -162,8 +168,14 @@ def write_image(image: Image, path: str | Path, *, compress: bool = True, restor
 
 def _check_picture(image: Image, path: Path, suffix: str) -> None:
     if image.ndim != 2:
-        raise VesaliusError(f"{suffix} holds 2D images, this one is {image.ndim}D", path, "write .nii.gz instead")
-    allowed = {np.dtype(np.uint8)} if suffix in (".jpg", ".jpeg", ".bmp") else {np.dtype(np.uint8), np.dtype(np.uint16)}
+        raise VesaliusError(
+            f"{suffix} holds 2D images, this one is {image.ndim}D", path, "write .nii.gz instead"
+        )
+    allowed = (
+        {np.dtype(np.uint8)}
+        if suffix in (".jpg", ".jpeg", ".bmp")
+        else {np.dtype(np.uint8), np.dtype(np.uint16)}
+    )
     if suffix in (".tif", ".tiff"):
         allowed |= {np.dtype(np.float32), np.dtype(np.int16), np.dtype(np.int32)}
     if image.array.dtype not in allowed:
@@ -173,9 +185,13 @@ def _check_picture(image: Image, path: Path, suffix: str) -> None:
             f"convert to {' or '.join(sorted(str(d) for d in allowed))}, or write .nii.gz",
         )
     if image.num_channels not in (1, 3, 4):
-        raise VesaliusError(f"{suffix} holds 1, 3 or 4 channels, not {image.num_channels}", path, "write .nii.gz")
+        raise VesaliusError(
+            f"{suffix} holds 1, 3 or 4 channels, not {image.num_channels}", path, "write .nii.gz"
+        )
     if suffix in _NO_GEOMETRY and not image.geometry.is_close(Geometry.default(2), atol=1e-9):
-        warnings.warn(f"{path}: {suffix} does not store spacing/origin/direction; they are lost", stacklevel=3)
+        warnings.warn(
+            f"{path}: {suffix} does not store spacing/origin/direction; they are lost", stacklevel=3
+        )
 
 
 def _check_gzip_complete(path: Path) -> int:
@@ -199,7 +215,9 @@ def _check_gzip_complete(path: Path) -> int:
 
 def _check_nifti_size(path: Path, itk: sitk.Image, stored_bytes: int) -> None:
     """Raise if a NIfTI file holds fewer voxel bytes than its header promises (ITK pads with zeros)."""
-    voxel_bytes = itk.GetNumberOfPixels() * itk.GetNumberOfComponentsPerPixel() * itk.GetSizeOfPixelComponent()
+    voxel_bytes = (
+        itk.GetNumberOfPixels() * itk.GetNumberOfComponentsPerPixel() * itk.GetSizeOfPixelComponent()
+    )
     if stored_bytes < 348 + voxel_bytes:
         raise VesaliusError(
             f"truncated NIfTI: {stored_bytes} bytes hold less than the {voxel_bytes} voxel bytes of its header",

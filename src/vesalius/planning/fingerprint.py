@@ -1,0 +1,123 @@
+"""A data set's fingerprint: what the planner needs to know about it, computed once and saved as JSON.
+
+Per case: spacing, shape before and after cropping to the non-zero region, foreground intensity samples per
+channel; for the data set: intensity statistics per channel over the foreground, class voxel frequencies,
+how much cropping shrank the images.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesalius.data.dataset import Dataset
+from vesalius.io import read_image
+
+
+@dataclass
+class Fingerprint:
+    """Summary of a segmentation data set (all shapes and spacings in array axis order)."""
+
+    spacings: list[list[float]]
+    shapes_before_crop: list[list[int]]
+    shapes_after_crop: list[list[int]]
+    intensity: list[dict[str, float]]
+    class_fraction: dict[str, float]
+    crop_shrink: float
+    modalities: list[str]
+    num_cases: int
+
+    @property
+    def median_spacing(self) -> list[float]:
+        return np.median(np.asarray(self.spacings), axis=0).tolist()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Fingerprint:
+        return cls(**d)
+
+
+def nonzero_box(array: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of voxels that are non-zero in any channel of a ``(C, *spatial)`` array."""
+    mask = np.any(array != 0, axis=0)
+    if not mask.any():
+        return tuple(slice(0, s) for s in mask.shape)
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _case_summary(args: tuple[list[Path], Path, int, int]) -> dict[str, Any]:
+    image_paths, label_path, samples, seed = args
+    images = [read_image(p) for p in image_paths]
+    array = np.concatenate([im.array for im in images], axis=0).astype(np.float32)
+    label = read_image(label_path).array[0]
+    box = nonzero_box(array)
+    cropped, cropped_label = array[(slice(None), *box)], label[box]
+    foreground = cropped[:, cropped_label > 0]
+    rng = np.random.default_rng(seed)
+    if foreground.shape[1] > samples:
+        foreground = foreground[:, rng.choice(foreground.shape[1], samples, replace=False)]
+    values, counts = np.unique(cropped_label, return_counts=True)
+    return {
+        "spacing": list(images[0].geometry.spacing),
+        "shape_before": list(images[0].spatial_shape),
+        "shape_after": list(cropped.shape[1:]),
+        "foreground": foreground,
+        "classes": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
+    }
+
+
+def compute_fingerprint(
+    dataset: Dataset, samples_per_case: int = 10000, workers: int = 2, seed: int = 0
+) -> Fingerprint:
+    """Read every case of a segmentation data set once and summarise it (see :class:`Fingerprint`)."""
+    jobs = [
+        (dataset.image_paths(c), dataset.label_path(c), samples_per_case, seed + i)
+        for i, c in enumerate(dataset.cases)
+    ]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            summaries = list(pool.map(_case_summary, jobs, chunksize=4))
+    else:
+        summaries = [_case_summary(j) for j in jobs]
+    pooled = np.concatenate([s["foreground"] for s in summaries], axis=1)
+    intensity = []
+    for c in range(pooled.shape[0]):
+        v = pooled[c] if pooled.shape[1] else np.zeros(1, np.float32)
+        intensity.append(
+            {
+                "mean": float(v.mean()),
+                "std": float(v.std()),
+                "median": float(np.median(v)),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "percentile_00_5": float(np.percentile(v, 0.5)),
+                "percentile_99_5": float(np.percentile(v, 99.5)),
+            }
+        )
+    totals: dict[int, int] = {}
+    for s in summaries:
+        for k, n in s["classes"].items():
+            totals[k] = totals.get(k, 0) + n
+    all_voxels = sum(totals.values()) or 1
+    shrink = [float(np.prod(s["shape_after"]) / max(1, np.prod(s["shape_before"]))) for s in summaries]
+    return Fingerprint(
+        spacings=[s["spacing"] for s in summaries],
+        shapes_before_crop=[s["shape_before"] for s in summaries],
+        shapes_after_crop=[s["shape_after"] for s in summaries],
+        intensity=intensity,
+        class_fraction={str(k): totals.get(k, 0) / all_voxels for k in sorted(dataset.labels)},
+        crop_shrink=float(np.median(shrink)) if shrink else 1.0,
+        modalities=list(dataset.modalities or dataset.channels),
+        num_cases=len(summaries),
+    )

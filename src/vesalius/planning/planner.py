@@ -1,0 +1,150 @@
+"""From a fingerprint and a compute budget to a plan: a JSON file a person can read and edit.
+
+A plan holds the normalisation per channel and one entry per configuration (``"2d"``, ``"3d"``): target
+spacing, patch size, batch size, strides and kernels per stage, features per stage and the number of
+iterations the budget allows. Every number comes from a rule in :mod:`vesalius.planning.rules`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesalius.data.dataset import Dataset, write_json_atomic
+from vesalius.errors import VesaliusError
+from vesalius.planning.fingerprint import Fingerprint, compute_fingerprint
+from vesalius.planning.rules import (
+    Rules,
+    features_per_stage,
+    load_rules,
+    normalization,
+    patch_and_batch,
+    target_spacing,
+    topology,
+)
+from vesalius.workspace import Workspace
+
+PLAN_VERSION = 1
+
+
+def make_plan(
+    fingerprint: Fingerprint,
+    dataset: Dataset,
+    *,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
+    memory_gb: float | None = None,
+    rules: Rules | None = None,
+) -> dict[str, Any]:
+    """The plan (a JSON-ready dict) for ``dataset`` on ``device`` within ``time_budget_s`` seconds."""
+    rules = rules or load_rules()
+    dev_key = "cuda" if device.startswith("cuda") else "cpu"
+    budget = float(time_budget_s or rules["default_time_budget_s"][dev_key])
+    memory = float(memory_gb or rules["devices"][dev_key]["memory_gb"])
+    spacings = np.asarray(fingerprint.spacings, dtype=float)
+    shapes = np.asarray(fingerprint.shapes_after_crop, dtype=float)
+    spacing = target_spacing(spacings, shapes, rules)
+    resampled = np.median(shapes * spacings / np.asarray(spacing), axis=0)
+    configurations: dict[str, Any] = {}
+    if dataset.spatial_dims == 3:
+        configurations["3d"] = _configuration(
+            "3d", tuple(spacing), tuple(resampled), fingerprint.num_cases, dev_key, budget, memory, rules
+        )
+    slice_axis = int(np.argmax(spacing)) if dataset.spatial_dims == 3 else None
+    in_plane = [i for i in range(len(spacing)) if i != slice_axis]
+    config_2d = _configuration(
+        "2d",
+        tuple(spacing[i] for i in in_plane),
+        tuple(resampled[i] for i in in_plane),
+        fingerprint.num_cases * (int(resampled[slice_axis]) if slice_axis is not None else 1),
+        dev_key,
+        budget,
+        memory,
+        rules,
+    )
+    config_2d["slice_axis"] = slice_axis
+    config_2d["spacing_full"] = list(spacing)
+    configurations["2d"] = config_2d
+    norms = [
+        normalization(m, fingerprint.crop_shrink, fingerprint.intensity[i], rules)
+        for i, m in enumerate(fingerprint.modalities)
+    ]
+    return {
+        "vesalius_plan": PLAN_VERSION,
+        "dataset": dataset.name,
+        "spatial_dims": dataset.spatial_dims,
+        "channels": dataset.channels,
+        "labels": {str(k): v for k, v in dataset.labels.items()},
+        "normalization": norms,
+        "budget": {"device": dev_key, "time_budget_s": budget, "memory_gb": memory},
+        "configurations": configurations,
+    }
+
+
+def _configuration(
+    key: str,
+    spacing: tuple[float, ...],
+    median_shape: tuple[float, ...],
+    num_samples: int,
+    device: str,
+    budget: float,
+    memory: float,
+    rules: Rules,
+) -> dict[str, Any]:
+    base = rules["base_features"][device]
+    patch, batch, _ = patch_and_batch(
+        tuple(round(s) for s in median_shape), num_samples, device, budget, memory, base, rules
+    )
+    strides, kernels, patch = topology(patch, spacing, rules, key)
+    _, batch, iterations = patch_and_batch(patch, num_samples, device, budget, memory, base, rules)
+    return {
+        "spacing": list(spacing),
+        "median_shape": [round(float(s), 1) for s in median_shape],
+        "patch_size": list(patch),
+        "batch_size": batch,
+        "strides": strides,
+        "kernels": kernels,
+        "features": features_per_stage(len(strides), device, key, rules),
+        "iterations": iterations,
+        "deep_supervision": True,
+    }
+
+
+def plan_dataset(
+    name: str,
+    workspace: str | Path | Workspace | None = None,
+    *,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
+    memory_gb: float | None = None,
+    workers: int = 2,
+) -> tuple[dict[str, Any], Path]:
+    """Fingerprint (cached) and plan an imported segmentation data set; returns the plan and its path."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    dataset = Dataset.load(ws.dataset_dir(name))
+    if dataset.task != "segmentation":
+        raise VesaliusError(
+            f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets"
+        )
+    folder = ws.root / "preprocessed" / name
+    fp_path = folder / "fingerprint.json"
+    if fp_path.exists():
+        fingerprint = Fingerprint.from_json(json.loads(fp_path.read_text()))
+    else:
+        fingerprint = compute_fingerprint(dataset, workers=workers)
+        write_json_atomic(fp_path, fingerprint.to_json())
+    plan = make_plan(fingerprint, dataset, device=device, time_budget_s=time_budget_s, memory_gb=memory_gb)
+    plan_path = folder / "plan.json"
+    write_json_atomic(plan_path, plan)
+    return plan, plan_path
+
+
+def load_plan(name: str, workspace: str | Path | Workspace | None = None) -> dict[str, Any]:
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    path = ws.root / "preprocessed" / name / "plan.json"
+    if not path.exists():
+        raise VesaliusError("no plan", path, f"run 'vesalius plan {name}' first")
+    return json.loads(path.read_text())

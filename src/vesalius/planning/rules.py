@@ -1,0 +1,167 @@
+"""Planning rules: pure functions of a data set's fingerprint and the compute budget.
+
+The numbers live in ``rules.json`` next to this file (rules as data, as in nnU-Net); each function here reads
+only the keys it names, and each has a unit test. The approach follows nnU-Net's (median spacing with an
+anisotropy exception, pooling per axis by spacing, patch from the median shape) with one addition: the patch,
+batch and width are sized for the compute budget (device throughput x time), so a CPU plan can finish.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+Rules = dict[str, Any]
+
+
+@cache
+def _default_rules_text() -> str:
+    return resources.files("vesalius.planning").joinpath("rules.json").read_text()
+
+
+def load_rules(overrides: dict[str, Any] | None = None) -> Rules:
+    """The default rules, with ``overrides`` (top-level keys) applied."""
+    rules = json.loads(_default_rules_text())
+    rules.pop("_doc", None)
+    rules.update(overrides or {})
+    return rules
+
+
+def target_spacing(spacings: np.ndarray, shapes: np.ndarray, rules: Rules) -> tuple[float, ...]:
+    """Resampling target: the median spacing per axis, except for strongly anisotropic data.
+
+    Args:
+        spacings: ``(N, D)`` spacing of every case.
+        shapes: ``(N, D)`` shape of every case (voxels).
+
+    When the coarsest axis is ``anisotropy_ratio`` times coarser than the finest and also has that many times
+    fewer voxels, its target is the ``anisotropic_axis_percentile`` of its spacings (but no finer than the
+    other axes), so thick-slice data is not interpolated into many fake slices.
+    """
+    target = np.percentile(spacings, rules["spacing_percentile"], axis=0)
+    sizes = np.median(shapes * spacings / target, axis=0)
+    worst = int(np.argmax(target))
+    others = [i for i in range(len(target)) if i != worst]
+    ratio = rules["anisotropy_ratio"]
+    if others and target[worst] > ratio * min(target[others]) and sizes[worst] * ratio < min(sizes[others]):
+        coarse = np.percentile(spacings[:, worst], rules["anisotropic_axis_percentile"])
+        target[worst] = max(coarse, max(target[others]) + 1e-5)
+    return tuple(float(v) for v in target)
+
+
+def normalization(modality: str, crop_shrink: float, stats: dict[str, float], rules: Rules) -> dict[str, Any]:
+    """How to normalise one channel.
+
+    * CT: clip to the foreground ``ct_clip_percentiles`` then z-score with the foreground mean/std of the
+      whole data set (Hounsfield units mean the same in every image).
+    * RGB / 8-bit pictures: scale to [0, 1].
+    * anything else (MRI, ...): per-image z-score; inside the non-zero mask when cropping to the non-zero
+      region shrank the images below ``crop_shrink_for_mask`` of their volume (skull-stripped MRI).
+    """
+    kind = modality.upper()
+    if kind == "CT":
+        return {
+            "scheme": "ct",
+            "clip": [stats["percentile_00_5"], stats["percentile_99_5"]],
+            "mean": stats["mean"],
+            "std": max(stats["std"], 1e-8),
+        }
+    if kind in ("RGB", "8BIT", "GREY", "GRAY"):
+        return {"scheme": "scale", "low": 0.0, "high": 255.0}
+    return {"scheme": "zscore", "use_nonzero_mask": bool(crop_shrink < rules["crop_shrink_for_mask"])}
+
+
+def topology(
+    patch_size: tuple[int, ...], spacing: tuple[float, ...], rules: Rules, dims_key: str
+) -> tuple[list[list[int]], list[list[int]], tuple[int, ...]]:
+    """Strides and kernel sizes per stage, and the patch size rounded up so every stage divides it.
+
+    An axis is pooled while its (current) spacing is within ``pool_spacing_ratio`` of the finest and its
+    feature map stays at least ``2 * min_feature_map``; kernels are 1 along axes much coarser than the
+    finest (``kernel_spacing_ratio``), else 3. At most ``max_stages[dims_key]`` stages.
+
+    Returns:
+        ``(strides, kernels, patch_size)``; ``strides[0]`` is all ones (the full-resolution stage).
+    """
+    ndim = len(patch_size)
+    current_spacing = np.asarray(spacing, dtype=float)
+    size = np.asarray(patch_size, dtype=float)
+    strides, kernels = [[1] * ndim], [_kernel(current_spacing, rules)]
+    while len(strides) < rules["max_stages"][dims_key]:
+        finest = current_spacing.min()
+        pool = [
+            1
+            if (
+                current_spacing[i] <= rules["pool_spacing_ratio"] * finest
+                and size[i] >= 2 * rules["min_feature_map"]
+            )
+            else 0
+            for i in range(ndim)
+        ]
+        if not any(pool):
+            break
+        stride = [2 if p else 1 for p in pool]
+        current_spacing = current_spacing * np.asarray(stride)
+        size = size / np.asarray(stride)
+        strides.append(stride)
+        kernels.append(_kernel(current_spacing, rules))
+    total = np.prod(np.asarray(strides), axis=0)
+    rounded = tuple(int(math.ceil(p / t) * t) for p, t in zip(patch_size, total, strict=True))
+    return strides, kernels, rounded
+
+
+def _kernel(spacing: np.ndarray, rules: Rules) -> list[int]:
+    finest = spacing.min()
+    return [3 if s <= rules["kernel_spacing_ratio"] * finest else 1 for s in spacing]
+
+
+def features_per_stage(num_stages: int, device: str, dims_key: str, rules: Rules) -> list[int]:
+    """Feature maps per stage: ``base_features[device]`` doubling per stage, capped at ``max_features``."""
+    base = rules["base_features"]["cuda" if device.startswith("cuda") else "cpu"]
+    return [int(min(base * 2**i, rules["max_features"][dims_key])) for i in range(num_stages)]
+
+
+def patch_and_batch(
+    median_shape: tuple[int, ...],
+    num_cases: int,
+    device: str,
+    time_budget_s: float,
+    memory_gb: float,
+    base_features: int,
+    rules: Rules,
+) -> tuple[tuple[int, ...], int, int]:
+    """Patch size, batch size and the number of training iterations the budget allows.
+
+    Start from the median (resampled, cropped) shape; shrink the patch (largest axis first, keeping the median
+    shape's proportions) until one sample's activations fit ``memory_gb`` and the budget still allows
+    ``min_iterations`` at the minimum batch. Then the batch grows while ``min_iterations`` still fit, up to
+    ``max_batch_dataset_fraction`` of the samples and what fits in memory (at least ``min_batch``).
+
+    The cost model is ``devices[device].voxels_per_second`` (patch voxels x batch processed per second in a
+    forward+backward pass, measured on a 2-core CPU and an H100 for the default widths) scaled by
+    16 / ``base_features``.
+    """
+    dev = rules["devices"]["cuda" if device.startswith("cuda") else "cpu"]
+    throughput = dev["voxels_per_second"] * 16.0 / base_features
+    voxel_budget = time_budget_s * throughput / dev["min_iterations"]  # patch voxels x batch per iteration
+    memory_voxels = memory_gb * 1e9 / (rules["activation_bytes_per_voxel_feature"] * base_features * 2)
+    patch = np.asarray(median_shape, dtype=float)
+    min_batch = rules["min_batch"]
+    while np.prod(patch) * min_batch > voxel_budget or np.prod(patch) > memory_voxels:
+        axis = int(np.argmax(patch / np.asarray(median_shape)))  # keep proportions: shrink the largest ratio
+        axis = int(np.argmax(patch)) if patch[axis] <= 2 * rules["min_feature_map"] else axis
+        if patch[axis] <= 2 * rules["min_feature_map"]:
+            break
+        patch[axis] *= 0.9
+    patch_size = tuple(int(max(2 * rules["min_feature_map"], round(p))) for p in patch)
+    voxels = float(np.prod(patch_size))
+    max_batch = max(min_batch, int(num_cases * rules["max_batch_dataset_fraction"]))
+    max_batch = min(max_batch, max(min_batch, int(memory_voxels // voxels)))
+    batch = int(np.clip(voxel_budget // voxels, min_batch, max_batch))
+    iterations = int(time_budget_s * throughput / (voxels * batch))
+    return patch_size, batch, iterations
