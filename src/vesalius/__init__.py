@@ -1,0 +1,48 @@
+"""Vesalius: deep learning on medical images.
+
+The Python API mirrors the command-line tool, one call per step::
+
+    import vesalius
+    vesalius.import_dataset("Task04_Hippocampus", "hippo")
+    vesalius.plan("hippo")
+    vesalius.preprocess("hippo", "3d")
+
+Heavy dependencies load on first use, so ``import vesalius`` is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["import_dataset", "plan", "preprocess", "verify"]
+
+
+def import_dataset(source: Any, name: str, **kwargs: Any) -> Any:
+    """Import a data set into the workspace; see :func:`vesalius.data.importers.import_dataset`."""
+    from vesalius.data.importers import import_dataset as run
+
+    return run(source, name, **kwargs)
+
+
+def verify(name: str, workspace: Any = None) -> Any:
+    """Verify an imported data set; returns a :class:`~vesalius.data.verify.VerificationReport`."""
+    from vesalius.data.dataset import Dataset
+    from vesalius.data.verify import verify_dataset
+    from vesalius.workspace import Workspace
+
+    return verify_dataset(Dataset.load(Workspace.resolve(workspace).dataset_dir(name)))
+
+
+def plan(name: str, workspace: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Fingerprint and plan a segmentation data set; see :func:`vesalius.planning.planner.plan_dataset`."""
+    from vesalius.planning.planner import plan_dataset
+
+    return plan_dataset(name, workspace, **kwargs)[0]
+
+
+def preprocess(name: str, config: str = "3d", workspace: Any = None, **kwargs: Any) -> Any:
+    """Preprocess a planned data set; see :func:`vesalius.preprocessing.pipeline.preprocess_dataset`."""
+    from vesalius.preprocessing.pipeline import preprocess_dataset
+
+    return preprocess_dataset(name, config, workspace, **kwargs)

@@ -82,8 +82,7 @@ def compute_fingerprint(
 ) -> Fingerprint:
     """Read every case of a segmentation data set once and summarise it (see :class:`Fingerprint`)."""
     jobs = [
-        (dataset.image_paths(c), dataset.label_path(c), samples_per_case, seed + i)
-        for i, c in enumerate(dataset.cases)
+        (dataset.image_paths(c), dataset.label_path(c), samples_per_case, seed + i) for i, c in enumerate(dataset.cases)
     ]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:

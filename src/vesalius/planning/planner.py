@@ -53,7 +53,8 @@ def make_plan(
         configurations["3d"] = _configuration(
             "3d", tuple(spacing), tuple(resampled), fingerprint.num_cases, dev_key, budget, memory, rules
         )
-    slice_axis = int(np.argmax(spacing)) if dataset.spatial_dims == 3 else None
+    # 2D works on slices across the coarsest axis; on ties the last (axial for RAS/LPS scans)
+    slice_axis = len(spacing) - 1 - int(np.argmax(spacing[::-1])) if dataset.spatial_dims == 3 else None
     in_plane = [i for i in range(len(spacing)) if i != slice_axis]
     config_2d = _configuration(
         "2d",
@@ -126,9 +127,7 @@ def plan_dataset(
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     if dataset.task != "segmentation":
-        raise VesaliusError(
-            f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets"
-        )
+        raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets")
     folder = ws.root / "preprocessed" / name
     fp_path = folder / "fingerprint.json"
     if fp_path.exists():

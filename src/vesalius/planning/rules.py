@@ -96,10 +96,7 @@ def topology(
         finest = current_spacing.min()
         pool = [
             1
-            if (
-                current_spacing[i] <= rules["pool_spacing_ratio"] * finest
-                and size[i] >= 2 * rules["min_feature_map"]
-            )
+            if (current_spacing[i] <= rules["pool_spacing_ratio"] * finest and size[i] >= 2 * rules["min_feature_map"])
             else 0
             for i in range(ndim)
         ]

@@ -1,0 +1,1 @@
+"""Crop, resample, normalise and cache cases; and the exact inverse for predictions."""

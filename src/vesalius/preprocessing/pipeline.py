@@ -1,0 +1,129 @@
+"""Preprocess a data set for one plan configuration, and put predictions back on the original grid.
+
+Per case: crop to the non-zero region (all channels), resample to the plan's spacing, normalise, and save
+``CASE.npy`` (float32 ``(C, *spatial)``), ``CASE_seg.npy`` (uint8 ``(1, *spatial)``) and ``CASE.json`` (crop box,
+original geometry and shape, the grid after cropping and after resampling). The arrays are memory-mappable
+(``np.load(mmap_mode="r")``). Cases are processed in parallel processes, one case in memory per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesalius.data.dataset import Case, Dataset, write_json_atomic
+from vesalius.io import Geometry, Image, read_image
+from vesalius.planning.fingerprint import nonzero_box
+from vesalius.preprocessing.normalize import normalize
+from vesalius.preprocessing.spatial import crop, grid_for_spacing, resample_to, uncrop
+from vesalius.workspace import Workspace
+
+
+def read_case(dataset: Dataset, case: Case) -> tuple[Image, Image | None]:
+    """The channels of a case stacked into one image, and its label (if any)."""
+    images = [read_image(p) for p in dataset.image_paths(case)]
+    image = Image(np.concatenate([im.array for im in images], axis=0), images[0].geometry)
+    label_path = dataset.label_path(case)
+    return image, (read_image(label_path) if label_path is not None and label_path.exists() else None)
+
+
+def preprocess_image(
+    image: Image, label: Image | None, plan: dict[str, Any], config: str
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Crop, resample and normalise one case; returns (image array, label array or None, properties)."""
+    spacing = tuple(plan["configurations"][config].get("spacing_full") or plan["configurations"][config]["spacing"])
+    box = nonzero_box(image.array)
+    cropped = crop(image, box)
+    nonzero = np.any(cropped.array != 0, axis=0)
+    shape, geometry = grid_for_spacing(cropped, spacing)
+    resampled = resample_to(cropped, shape, geometry)
+    mask = None
+    if any(n.get("use_nonzero_mask") for n in plan["normalization"]):
+        mask_image = resample_to(cropped.with_array(nonzero[None].astype(np.uint8)), shape, geometry, is_label=True)
+        mask = mask_image.array[0].astype(bool)
+    data = normalize(resampled.array, plan["normalization"], mask)
+    seg = None
+    if label is not None:
+        seg = resample_to(crop(label, box), shape, geometry, is_label=True).array.astype(np.uint8)
+    properties = {
+        "original_geometry": image.geometry.to_dict(),
+        "original_shape": list(image.spatial_shape),
+        "crop_box": [[b.start, b.stop] for b in box],
+        "cropped_geometry": cropped.geometry.to_dict(),
+        "cropped_shape": list(cropped.spatial_shape),
+        "geometry": geometry.to_dict(),
+        "shape": list(shape),
+    }
+    return data, seg, properties
+
+
+def restore_to_original(array: np.ndarray, properties: dict[str, Any], *, is_label: bool, fill: float = 0) -> Image:
+    """Map a ``(C, *preprocessed)`` array (labels or probabilities) back onto the case's original grid."""
+    grid = Image(array, Geometry.from_dict(properties["geometry"]))
+    cropped_geometry = Geometry.from_dict(properties["cropped_geometry"])
+    back = resample_to(grid, tuple(properties["cropped_shape"]), cropped_geometry, is_label=is_label)
+    box = tuple(slice(a, b) for a, b in properties["crop_box"])
+    full = uncrop(back.array, box, tuple(properties["original_shape"]), fill)
+    return Image(full, Geometry.from_dict(properties["original_geometry"]))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> str:
+    dataset, case, plan, config, folder = args
+    if (folder / f"{case.case_id}.json").exists():
+        return case.case_id  # done before (resumable): the json is written last
+    image, label = read_case(dataset, case)
+    data, seg, properties = preprocess_image(image, label, plan, config)
+    _save_npy(folder / f"{case.case_id}.npy", data)
+    if seg is not None:
+        _save_npy(folder / f"{case.case_id}_seg.npy", seg)
+    write_json_atomic(folder / f"{case.case_id}.json", properties)
+    return case.case_id
+
+
+def preprocess_dataset(
+    name: str,
+    config: str,
+    workspace: str | Path | Workspace | None = None,
+    *,
+    workers: int = 2,
+    on_case: Any = None,
+) -> Path:
+    """Preprocess every case of ``name`` for plan configuration ``config``; returns the output folder.
+
+    Resumable: cases already done (their ``.json`` exists) are skipped.
+    """
+    from vesalius.planning.planner import load_plan
+
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    dataset = Dataset.load(ws.dataset_dir(name))
+    plan = load_plan(name, ws)
+    if config not in plan["configurations"]:
+        from vesalius.errors import VesaliusError
+
+        raise VesaliusError(f"the plan has no '{config}' configuration", remedy=f"use {list(plan['configurations'])}")
+    folder = ws.preprocessed_dir(name, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(dataset, c, plan, config, folder) for c in dataset.cases]
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for case_id in pool.map(_preprocess_one, jobs):
+            if on_case:
+                on_case(case_id)
+    (folder / "plan.json").write_text(json.dumps(plan, indent=2))
+    return folder

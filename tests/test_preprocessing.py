@@ -1,0 +1,86 @@
+"""Preprocessing: crop/resample/normalise, and the inverse that puts predictions back on the original grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vesalius.io import Geometry, Image
+from vesalius.preprocessing.normalize import normalize
+from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
+from vesalius.preprocessing.spatial import crop, grid_for_spacing
+
+ROTATION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _ellipsoid_case(spacing: tuple[float, float, float]) -> tuple[Image, Image]:
+    shape = (40, 36, 14)
+    grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    centre = [n * s / 2 for n, s in zip(shape, spacing, strict=True)]
+    r = sum(((g - c) / rad) ** 2 for g, c, rad in zip(grid, centre, (9.0, 8.0, 10.0), strict=True))
+    label = (r < 1).astype(np.uint8) + (r < 0.3).astype(np.uint8)
+    body = sum(((g - c) / rad) ** 2 for g, c, rad in zip(grid, centre, (13.0, 12.0, 14.0), strict=True)) < 1
+    rng = np.random.default_rng(0)
+    image = (body * (100 + 50 * label) + rng.normal(0, 5, shape) * body).astype(np.float32)
+    geometry = Geometry(spacing, (-20.0, 31.5, 7.25), ROTATION)
+    return Image(image[None], geometry), Image(label[None], geometry)
+
+
+def _plan(spacing: tuple[float, ...], scheme: dict) -> dict:
+    return {"normalization": [scheme], "configurations": {"3d": {"spacing": list(spacing)}}}
+
+
+def test_crop_moves_the_origin_to_the_first_kept_voxel() -> None:
+    image, _ = _ellipsoid_case((0.7, 0.9, 2.5))
+    box = (slice(3, 30), slice(5, 20), slice(2, 10))
+    cropped = crop(image, box)
+    world_before = image.geometry.affine() @ np.array([3, 5, 2, 1.0])
+    assert np.allclose(cropped.geometry.affine() @ np.array([0, 0, 0, 1.0]), world_before)
+    assert cropped.spatial_shape == (27, 15, 8)
+
+
+def test_resampled_grid_covers_the_same_extent() -> None:
+    image, _ = _ellipsoid_case((0.5, 0.5, 3.0))
+    shape, geometry = grid_for_spacing(image, (1.0, 1.0, 1.0))
+    assert shape == (20, 18, 42)
+    corner_old = image.geometry.affine() @ np.array([-0.5, -0.5, -0.5, 1])
+    corner_new = geometry.affine() @ np.array([-0.5, -0.5, -0.5, 1])
+    assert np.allclose(corner_old, corner_new)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.9, 2.5)])
+def test_preprocess_then_restore_gives_the_original_grid_and_label(spacing: tuple[float, float, float]) -> None:
+    image, label = _ellipsoid_case(spacing)
+    plan = _plan((1.0, 1.0, 1.0), {"scheme": "zscore", "use_nonzero_mask": True})
+    data, seg, props = preprocess_image(image, label, plan, "3d")
+    assert data.dtype == np.float32 and seg is not None and seg.shape[1:] == data.shape[1:]
+    assert props["shape"] == list(data.shape[1:])
+    back = restore_to_original(seg, props, is_label=True)
+    assert back.geometry == label.geometry  # exactly the original geometry
+    assert back.spatial_shape == label.spatial_shape
+    for value in (1, 2):
+        a, b = back.array == value, label.array == value
+        dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+        assert dice > (0.999 if spacing == (1.0, 1.0, 1.0) else 0.85), (value, dice)
+
+
+def test_zscore_inside_the_nonzero_mask_leaves_the_outside_at_zero() -> None:
+    x = np.zeros((1, 10, 10), np.float32)
+    x[0, 2:8, 2:8] = np.arange(36).reshape(6, 6)
+    mask = x[0] != 0
+    out = normalize(x, [{"scheme": "zscore", "use_nonzero_mask": True}], mask)
+    inside = x[0][mask]
+    assert np.allclose(out[0][mask], (inside - inside.mean()) / inside.std(), atol=1e-5)
+    assert np.all(out[0][~mask] == 0)
+
+
+def test_ct_normalisation_clips_then_standardises() -> None:
+    x = np.array([[-2000.0, -100.0, 0.0, 500.0]], np.float32).reshape(1, 2, 2)
+    out = normalize(x, [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 50.0, "std": 100.0}])
+    assert np.allclose(out.ravel(), [-1.5, -1.5, -0.5, 1.5])
+
+
+def test_scale_maps_8bit_to_unit_range() -> None:
+    x = np.array([[0, 51, 255]], np.uint8).reshape(1, 3, 1)
+    out = normalize(x, [{"scheme": "scale", "low": 0.0, "high": 255.0}])
+    assert np.allclose(out.ravel(), [0.0, 0.2, 1.0])
