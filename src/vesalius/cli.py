@@ -138,6 +138,55 @@ def verify(
 
 
 @app.command()
+def plan(
+    name: Annotated[str, typer.Argument(help="Segmentation data set name in the workspace.")],
+    device: Annotated[str, typer.Option(help="Device the plan is sized for: cpu or cuda.")] = "cpu",
+    time_budget: Annotated[str | None, typer.Option(help="Training time budget, e.g. 30m, 2h, 900s.")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="Memory available for training, GB.")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation."""
+    from vesalius.planning.planner import plan_dataset
+
+    budget = parse_duration(time_budget) if time_budget else None
+    result, path = plan_dataset(name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb)
+    for key, config in result["configurations"].items():
+        out.print(
+            f"{key}: spacing {config['spacing']}, patch {config['patch_size']}, batch {config['batch_size']}, "
+            f"features {config['features']}, ~{config['iterations']} iterations in the budget",
+            markup=False,
+            highlight=False,
+        )
+    out.print(f"normalisation: {[n['scheme'] for n in result['normalization']]}", markup=False)
+    out.print(f"plan written to {path}", markup=False, highlight=False)
+
+
+@app.command()
+def preprocess(
+    name: Annotated[str, typer.Argument(help="Data set name in the workspace.")],
+    config: Annotated[str, typer.Option(help="Plan configuration: 2d or 3d.")] = "3d",
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Crop, resample, normalise and cache every case for a plan configuration (resumable)."""
+    from vesalius.preprocessing.pipeline import preprocess_dataset
+
+    with _progress(f"preprocessing {name} ({config})", total=None) as advance:
+        folder = preprocess_dataset(name, config, workspace, workers=workers, on_case=advance)
+    out.print(f"preprocessed '{name}' ({config}) -> {folder}", markup=False, highlight=False)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"30m"``, ``"2h"``, ``"90s"`` or ``"1800"``."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
+    try:
+        return float(value) * units[unit.lower()]
+    except ValueError:
+        raise VesaliusError(f"cannot read the duration '{text}'", remedy="write it like 30m, 2h or 900s") from None
+
+
+@app.command()
 def datasets(workspace: WorkspaceOption = None) -> None:
     """List the data sets in the workspace."""
     from vesalius.data.dataset import Dataset

@@ -1,7 +1,8 @@
 """``vesalius demo``: the whole pipeline on built-in synthetic phantoms, so that it needs no download.
 
 Today it generates the phantom data sets (3D segmentation, MSD layout; 2D classification, class folders),
-imports and verifies them. Each later step of the pipeline adds itself here.
+imports and verifies them, then plans and preprocesses the segmentation set. Each later step of the pipeline
+adds itself here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 from vesalius.data.dataset import Dataset
 from vesalius.data.importers import import_dataset
 from vesalius.data.synthetic import write_classification_dataset, write_segmentation_dataset
+from vesalius.planning.planner import plan_dataset
+from vesalius.preprocessing.pipeline import preprocess_dataset
 from vesalius.workspace import Workspace
 
 DEMO_SEGMENTATION = "demo_phantom"
 DEMO_CLASSIFICATION = "demo_lesion_cls"
+DEMO_TIME_BUDGET_S = 120.0
 
 
 def run_demo(
@@ -36,8 +40,16 @@ def run_demo(
         write_classification_dataset(cls_src, num_cases=2 * num_cases, ndim=2, seed=seed)
     result = {}
     for name, src in ((DEMO_SEGMENTATION, seg_src), (DEMO_CLASSIFICATION, cls_src)):
-        dataset, report = import_dataset(src, name, workspace=ws, overwrite=True)
+        dataset, report = import_dataset(src, name, workspace=ws, overwrite=True)  # raises with the report
         echo(f"imported and verified '{name}': {report.summary()}")
         result[name] = dataset
+    plan, plan_path = plan_dataset(DEMO_SEGMENTATION, ws, device="cpu", time_budget_s=DEMO_TIME_BUDGET_S)
+    config = plan["configurations"]["3d"]
+    echo(
+        f"planned '{DEMO_SEGMENTATION}' (3d): spacing {config['spacing']}, patch {config['patch_size']}, "
+        f"batch {config['batch_size']} -> {plan_path}"
+    )
+    folder = preprocess_dataset(DEMO_SEGMENTATION, "3d", ws)
+    echo(f"preprocessed '{DEMO_SEGMENTATION}' (3d) -> {folder}")
     echo(f"demo finished; workspace: {ws.root}")
     return result

@@ -113,9 +113,7 @@ def import_dataset(
     if not source.exists():
         raise VesaliusError("source not found", source, "check the path")
     if target.exists() and not overwrite:
-        raise VesaliusError(
-            f"data set '{name}' already exists", target, "choose another name or pass --overwrite"
-        )
+        raise VesaliusError(f"data set '{name}' already exists", target, "choose another name or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=target.parent))
     try:
@@ -195,8 +193,7 @@ def detect_layout(source: Path, labels_dir: str | None = None) -> str:
     raise VesaliusError(
         "cannot tell the layout",
         source,
-        "expected dataset.json (MSD/nnU-Net), images/ + labels/ (pairs) or one folder per class; "
-        "or pass --layout",
+        "expected dataset.json (MSD/nnU-Net), images/ + labels/ (pairs) or one folder per class; or pass --layout",
     )
 
 
@@ -239,8 +236,8 @@ def _scan_msd(source: Path) -> SourceScan:
                 stem = strip_suffix(images[0])
                 found = sorted(images[0].parent.glob(f"{stem}_[0-9][0-9][0-9][0-9]{image_suffix(images[0])}"))
                 images = found or images
-            case_id = _CHANNEL_FILE.sub(r"\g<case>", strip_suffix(images[0])) if len(images) > 1 else strip_suffix(
-                images[0]
+            case_id = (
+                _CHANNEL_FILE.sub(r"\g<case>", strip_suffix(images[0])) if len(images) > 1 else strip_suffix(images[0])
             )
             cases.append(SourceCase(case_id, images, source / entry["label"]))
     else:  # nnU-Net v2: files CASE_XXXX{ending} in imagesTr, CASE{ending} in labelsTr
@@ -259,9 +256,7 @@ def _scan_msd(source: Path) -> SourceScan:
         for p in sorted(d.iterdir())
         if p not in used and (p.is_file() or _STRAY.match(p.name))
     ]
-    return SourceScan(
-        "msd", "segmentation", cases, spatial_dims, channels, channels, labels, four_d, stray_files=stray
-    )
+    return SourceScan("msd", "segmentation", cases, spatial_dims, channels, channels, labels, four_d, stray_files=stray)
 
 
 def _declared_labels(raw: dict[str, Any], path: Path) -> dict[int, str]:
@@ -442,24 +437,40 @@ def _convert_images(
     files: list[str] = []
     dims, picture = 0, False
     for src in sc.images:
-        if src.is_file() and src.name.endswith(".nii.gz") and not channels_last_4d:
+        header = _nifti_header(src) if src.is_file() and src.name.endswith(".nii.gz") else None
+        if header is not None and header[1] == 1 and not (channels_last_4d and header[0] == 4):
             rel = f"imagesTr/{sc.case_id}_{len(files):04d}.nii.gz"
             shutil.copyfile(src, staging / rel)  # exact bytes; verification reads it back
             origin[str(staging / rel)] = str(src)
             files.append(rel)
+            dims = dims or header[0]
             continue
         image = read_image(src)
         if channels_last_4d and image.ndim == 4:
             image = _split_last_axis(image)
         dims = image.ndim
-        picture = picture or (image_suffix(src) in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-                              and image.array.dtype == np.uint8)
+        picture = picture or (
+            image_suffix(src) in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") and image.array.dtype == np.uint8
+        )
         for c in range(image.num_channels):
             rel = f"imagesTr/{sc.case_id}_{len(files):04d}.nii.gz"
             write_image(image.channel(c), staging / rel)
             origin[str(staging / rel)] = str(src)
             files.append(rel)
     return files, dims, len(files), picture
+
+
+def _nifti_header(path: Path) -> tuple[int, int] | None:
+    """(dimension, components per voxel) from a NIfTI header, or None when the header cannot be read."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None  # unreadable: converted (and reported) through read_image
+    return reader.GetDimension(), reader.GetNumberOfComponents()
 
 
 def _split_last_axis(image: Image) -> Image:
@@ -493,7 +504,7 @@ def _convert_label(
         threshold = int(label_threshold)
     if threshold is not None:
         array = (array >= threshold).astype(np.uint8)
-    elif array.dtype.kind in "iub" and array.size and 0 <= array.min() and array.max() <= 255:
+    elif array.dtype.kind in "iub" and array.size and array.min() >= 0 and array.max() <= 255:
         array = array.astype(np.uint8)
     write_image(label.with_array(array), staging / rel)
     values = set(np.unique(array).astype(np.int64).tolist()) if array.dtype.kind in "iub" else set()
@@ -521,7 +532,8 @@ def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[
             targets = targets[:, 0]
         if targets.ndim != 1:
             raise VesaliusError(
-                f"'{key}' has shape {targets.shape}: multi-label data is not supported", source,
+                f"'{key}' has shape {targets.shape}: multi-label data is not supported",
+                source,
                 "use a single-label MedMNIST set",
             )
         if len(targets) != len(images):
@@ -529,7 +541,9 @@ def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[
         rgb = images.ndim == 4 and images.shape[-1] == 3
         ndim = images.ndim - 1 - int(rgb)
         if ndim not in (2, 3):
-            raise VesaliusError(f"'{split}_images' has shape {images.shape}", source, "expected (N,H,W[,3]) or (N,D,H,W)")
+            raise VesaliusError(
+                f"'{split}_images' has shape {images.shape}", source, "expected (N,H,W[,3]) or (N,D,H,W)"
+            )
         for i in range(len(images)):
             # MedMNIST rows/columns (H, W[, D]) -> (C, X, Y[, Z]) with X along a row
             array = np.moveaxis(images[i], -1, 0).transpose(0, 2, 1) if rgb else images[i].T[None]
