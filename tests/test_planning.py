@@ -36,9 +36,7 @@ def test_target_spacing_takes_a_low_percentile_on_the_thick_slice_axis(rules: di
 
 
 def test_target_spacing_keeps_the_median_when_the_thick_axis_has_many_voxels(rules: dict) -> None:
-    spacings = np.tile([0.7, 0.7, 5.0], (5, 1)) * np.array(
-        [[1, 1, 1], [1, 1, 0.5], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
-    )
+    spacings = np.tile([0.7, 0.7, 5.0], (5, 1)) * np.array([[1, 1, 1], [1, 1, 0.5], [1, 1, 1], [1, 1, 1], [1, 1, 1]])
     shapes = np.tile([100, 100, 400], (5, 1))  # anisotropic spacing but not anisotropic in voxels
     assert target_spacing(spacings, shapes, rules)[2] == pytest.approx(5.0)
 

@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(soft_wrap=True)  # no hard line breaks inside paths: output is often piped or grepped
 err = Console(stderr=True)
 _state = {"debug": bool(os.environ.get("VESALIUS_DEBUG"))}
 
@@ -212,6 +212,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, print user errors as one line (exit 2), tracebacks only with --debug."""
+    _state["debug"] = bool(os.environ.get("VESALIUS_DEBUG"))  # --debug of an earlier call does not stick
     try:
         app(args=argv, prog_name="vesalius")  # standalone: usage errors print and raise SystemExit
     except SystemExit as e:

@@ -115,7 +115,7 @@ class Dataset:
         """Read ``folder/dataset.json`` written by :meth:`save`."""
         path = Path(folder) / "dataset.json"
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise VesaliusError("no dataset.json", Path(folder), "import the data set with 'vesalius import'") from None
         except json.JSONDecodeError as e:
@@ -130,7 +130,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
         os.replace(tmp, path)

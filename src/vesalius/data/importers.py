@@ -148,8 +148,11 @@ class ImportRefused(VesaliusError):
 
     def __init__(self, report: VerificationReport) -> None:
         self.report = report
+        errors = report.errors
+        first = f", the first: {errors[0].message}" if errors else ""
         super().__init__(
-            f"import refused: {len(report.errors)} errors found",
+            f"import refused with {len(errors)} error{'s' if len(errors) != 1 else ''}{first}",
+            errors[0].file if errors else None,
             remedy="fix the files listed above, or pass --force to import the cases without errors",
         )
 
@@ -215,7 +218,7 @@ def _stray(folder: Path) -> list[Path]:
 def _scan_msd(source: Path) -> SourceScan:
     meta_path = source / "dataset.json"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise VesaliusError(f"invalid JSON ({e})", meta_path, "fix the file") from None
     images_dir, labels_dir = source / "imagesTr", source / "labelsTr"
@@ -331,7 +334,7 @@ def _scan_classes(source: Path) -> SourceScan:
 
 
 def _scan_csv(path: Path) -> SourceScan:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes "CSV UTF-8" with a BOM
         rows = list(csv.DictReader(f))
     if not rows:
         raise VesaliusError("empty CSV", path, "add a header line and one row per image")

@@ -25,9 +25,7 @@ def kfold_splits(
     """``folds`` splits of the sorted ``case_ids``, each ``{"train": [...], "val": [...]}``."""
     keys = sorted(case_ids)
     if len(keys) < folds:
-        raise VesaliusError(
-            f"{len(keys)} cases cannot make {folds} folds", remedy="use fewer folds or more cases"
-        )
+        raise VesaliusError(f"{len(keys)} cases cannot make {folds} folds", remedy="use fewer folds or more cases")
     order = np.arange(len(keys))
     np.random.RandomState(seed).shuffle(order)
     sizes = np.full(folds, len(keys) // folds)

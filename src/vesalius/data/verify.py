@@ -64,9 +64,7 @@ class VerificationReport:
         return [p.file for p in self.problems if text in p.message]
 
     def summary(self) -> str:
-        return (
-            f"{self.dataset}: {self.num_cases} cases, {len(self.errors)} errors, {len(self.warnings)} warnings"
-        )
+        return f"{self.dataset}: {self.num_cases} cases, {len(self.errors)} errors, {len(self.warnings)} warnings"
 
     def lines(self) -> list[str]:
         order = sorted(self.problems, key=lambda p: (p.severity != "error", p.case_id or "", p.file))
@@ -94,7 +92,8 @@ def verify_dataset(
     counts = Counter(c.case_id for c in dataset.cases)
     for case_id, n in counts.items():
         if n > 1:
-            files = [f for c in dataset.cases if c.case_id == case_id for f in c.images]
+            same = [c for c in dataset.cases if c.case_id == case_id]
+            files = [f for c in same for f in (c.source or [str(p) for p in dataset.image_paths(c)])]
             report.problems.append(
                 Problem("error", ", ".join(files), f"duplicate case id '{case_id}' ({n} cases)", case_id)
             )

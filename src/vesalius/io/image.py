@@ -149,7 +149,7 @@ def to_sitk(image: Image, channel: int | None = None) -> sitk.Image:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     if arr.shape[0] == 1:
-        img = sitk.GetImageFromArray(np.ascontiguousarray(arr[0].T))
+        img = sitk.GetImageFromArray(np.ascontiguousarray(arr[0].T), isVector=False)
     else:
         img = sitk.GetImageFromArray(np.ascontiguousarray(arr.T), isVector=True)
     img.SetSpacing(image.geometry.spacing)

@@ -11,7 +11,9 @@ channels). PNG, JPEG and BMP cannot store spacing, origin or direction; JPEG is 
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import tempfile
 import warnings
 import zlib
@@ -81,9 +83,7 @@ def read_image(path: str | Path, *, canonical: bool | str = False, series_uid: s
                 path,
                 f"use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM series folder",
             )
-        stored_bytes = (
-            _check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
-        )
+        stored_bytes = _check_gzip_complete(path) if path.name.lower().endswith(".gz") else path.stat().st_size
         try:
             itk = sitk.ReadImage(str(path))
         except RuntimeError as e:
@@ -91,6 +91,8 @@ def read_image(path: str | Path, *, canonical: bool | str = False, series_uid: s
         if image_suffix(path) in (".nii", ".nii.gz"):
             _check_nifti_size(path, itk, stored_bytes)
     image = from_sitk(itk)
+    if path.is_file() and image_suffix(path) in (".nii", ".nii.gz") and image.array.dtype.kind == "f":
+        image = _restore_non_finite(path, image)
     if canonical and image.ndim == 3:
         target = CANONICAL_ORIENTATION if canonical is True else str(canonical)
         image = reorient(image, target)
@@ -110,16 +112,12 @@ def reorient(image: Image, orientation: str) -> Image:
     if current == orientation:
         out = Image(image.array, image.geometry, image.orientation_on_disk or current)
         return out
-    channels = [
-        from_sitk(sitk.DICOMOrient(to_sitk(image, c), orientation)) for c in range(image.num_channels)
-    ]
+    channels = [from_sitk(sitk.DICOMOrient(to_sitk(image, c), orientation)) for c in range(image.num_channels)]
     array = np.concatenate([c.array for c in channels], axis=0)
     return Image(array, channels[0].geometry, image.orientation_on_disk or current)
 
 
-def write_image(
-    image: Image, path: str | Path, *, compress: bool = True, restore_orientation: bool = True
-) -> Path:
+def write_image(image: Image, path: str | Path, *, compress: bool = True, restore_orientation: bool = True) -> Path:
     """Write an image atomically (temporary file, then rename).
 
     Args:
@@ -157,9 +155,7 @@ def write_image(
         sitk.WriteImage(to_sitk(image), tmp, useCompression=compress)
         os.replace(tmp, path)
     except RuntimeError as e:
-        raise VesaliusError(
-            f"cannot write image ({_itk_reason(e)})", path, "check the folder and format"
-        ) from None
+        raise VesaliusError(f"cannot write image ({_itk_reason(e)})", path, "check the folder and format") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -168,14 +164,8 @@ def write_image(
 
 def _check_picture(image: Image, path: Path, suffix: str) -> None:
     if image.ndim != 2:
-        raise VesaliusError(
-            f"{suffix} holds 2D images, this one is {image.ndim}D", path, "write .nii.gz instead"
-        )
-    allowed = (
-        {np.dtype(np.uint8)}
-        if suffix in (".jpg", ".jpeg", ".bmp")
-        else {np.dtype(np.uint8), np.dtype(np.uint16)}
-    )
+        raise VesaliusError(f"{suffix} holds 2D images, this one is {image.ndim}D", path, "write .nii.gz instead")
+    allowed = {np.dtype(np.uint8)} if suffix in (".jpg", ".jpeg", ".bmp") else {np.dtype(np.uint8), np.dtype(np.uint16)}
     if suffix in (".tif", ".tiff"):
         allowed |= {np.dtype(np.float32), np.dtype(np.int16), np.dtype(np.int32)}
     if image.array.dtype not in allowed:
@@ -185,13 +175,9 @@ def _check_picture(image: Image, path: Path, suffix: str) -> None:
             f"convert to {' or '.join(sorted(str(d) for d in allowed))}, or write .nii.gz",
         )
     if image.num_channels not in (1, 3, 4):
-        raise VesaliusError(
-            f"{suffix} holds 1, 3 or 4 channels, not {image.num_channels}", path, "write .nii.gz"
-        )
+        raise VesaliusError(f"{suffix} holds 1, 3 or 4 channels, not {image.num_channels}", path, "write .nii.gz")
     if suffix in _NO_GEOMETRY and not image.geometry.is_close(Geometry.default(2), atol=1e-9):
-        warnings.warn(
-            f"{path}: {suffix} does not store spacing/origin/direction; they are lost", stacklevel=3
-        )
+        warnings.warn(f"{path}: {suffix} does not store spacing/origin/direction; they are lost", stacklevel=3)
 
 
 def _check_gzip_complete(path: Path) -> int:
@@ -215,15 +201,60 @@ def _check_gzip_complete(path: Path) -> int:
 
 def _check_nifti_size(path: Path, itk: sitk.Image, stored_bytes: int) -> None:
     """Raise if a NIfTI file holds fewer voxel bytes than its header promises (ITK pads with zeros)."""
-    voxel_bytes = (
-        itk.GetNumberOfPixels() * itk.GetNumberOfComponentsPerPixel() * itk.GetSizeOfPixelComponent()
-    )
-    if stored_bytes < 348 + voxel_bytes:
+    voxel_bytes = itk.GetNumberOfPixels() * itk.GetNumberOfComponentsPerPixel() * itk.GetSizeOfPixelComponent()
+    offset = _nifti_header(path)[2]
+    if stored_bytes < offset + voxel_bytes:
         raise VesaliusError(
-            f"truncated NIfTI: {stored_bytes} bytes hold less than the {voxel_bytes} voxel bytes of its header",
+            f"truncated NIfTI: {max(stored_bytes - offset, 0)} bytes of voxel data, its header promises {voxel_bytes}",
             path,
             _read_remedy(path),
         )
+
+
+def _nifti_header(path: Path) -> tuple[str, int, int, float, float]:
+    """(byte order, datatype code, vox_offset, scl_slope, scl_inter) of a single-file NIfTI-1 or NIfTI-2."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(540)
+    for e in "<>":
+        if len(head) >= 348 and struct.unpack(f"{e}i", head[:4])[0] == 348:
+            (datatype,) = struct.unpack(f"{e}h", head[70:72])
+            offset, slope, inter = struct.unpack(f"{e}3f", head[108:120])
+            return e, datatype, max(int(offset), 352), slope, inter
+        if len(head) >= 540 and struct.unpack(f"{e}i", head[:4])[0] == 540:
+            (datatype,) = struct.unpack(f"{e}h", head[12:14])
+            (offset,) = struct.unpack(f"{e}q", head[168:176])
+            slope, inter = struct.unpack(f"{e}2d", head[176:192])
+            return e, datatype, max(offset, 544), slope, inter
+    return "<", 0, 352, 0.0, 0.0
+
+
+def _restore_non_finite(path: Path, image: Image) -> Image:
+    """Put back the NaN and +-Inf voxels of a float NIfTI file, which ITK 5.4 reads as 0 without a word.
+
+    (ITK's vendored niftilib zeroes non-finite values; fixed upstream in ITK pull request 6683, for ITK 6.)
+    """
+    if not np.any(image.array == 0):  # every non-finite voxel would have become 0
+        return image
+    endian, datatype, offset, slope, inter = _nifti_header(path)
+    if datatype not in (16, 64):  # FLOAT32, FLOAT64
+        return image
+    dtype = np.dtype(f"{endian}f{4 if datatype == 16 else 8}")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        f.seek(offset)
+        raw = np.frombuffer(f.read(image.array.size * dtype.itemsize), dtype, count=image.array.size)
+    if np.all(np.isfinite(raw)):
+        return image
+    # file order: x fastest, channels (NIfTI dim 5) slowest
+    stored = np.moveaxis(raw.reshape((*image.spatial_shape, image.num_channels), order="F"), -1, 0)
+    bad = ~np.isfinite(stored)
+    values = stored[bad].astype(np.float64)
+    if slope and np.isfinite(slope):
+        values = values * slope + inter
+    array = image.array.copy()
+    array[bad] = values
+    return image.with_array(array)
 
 
 def _itk_reason(error: RuntimeError) -> str:
