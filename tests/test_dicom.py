@@ -317,3 +317,14 @@ def test_2d_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(VesaliusError, match="2D"):
         write_dicom_series(sitk.Image([4, 4], sitk.sitkInt16), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_middle_slice_is_reported_not_skipped(tmp_path: Path) -> None:
+    image = sitk.GetImageFromArray(np.arange(5 * 4 * 3, dtype=np.int16).reshape(5, 4, 3))
+    image.SetSpacing((0.5, 0.5, 2.0))
+    files = write_dicom_series(image, tmp_path / "series")
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) // 3])  # truncated: GDCM leaves it out of the series
+    with pytest.raises(VesaliusError, match="gap") as info:
+        read_dicom_series(tmp_path / "series")
+    assert str(tmp_path / "series") in str(info.value)

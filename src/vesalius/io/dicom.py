@@ -172,6 +172,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
             )
         chosen = matches[0]
 
+    _check_slice_gaps(chosen, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     try:
@@ -245,6 +246,31 @@ def _check_writable(img: sitk.Image) -> None:
         raise VesaliusError(
             "image direction is not orthonormal (a sheared grid), which DICOM cannot describe",
             remedy="resample the image onto an orthonormal grid first",
+        )
+
+
+def _check_slice_gaps(series: SeriesInfo, folder: Path) -> None:
+    """Raise when slices are missing inside a series (GDCM silently leaves out files it cannot read)."""
+    if series.num_files < 3:
+        return
+    positions, normal = [], None
+    for name in series.files:
+        ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
+        position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if position is None or orientation is None:
+            return  # no geometry tags: nothing to check against
+        if normal is None:
+            normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        positions.append(float(np.dot(normal, np.asarray(position, float))))
+    gaps = np.abs(np.diff(np.sort(positions)))
+    typical = float(np.median(gaps))
+    if typical > 0 and gaps.max() > 1.5 * typical:
+        where = int(np.argmax(gaps))
+        raise VesaliusError(
+            f"series {series.uid} has a gap of {gaps.max():.3g} mm between slices {where} and {where + 1} "
+            f"(other slices are {typical:.3g} mm apart): a slice is missing or unreadable",
+            file=folder,
+            remedy="re-copy or re-export the complete series",
         )
 
 
