@@ -42,7 +42,10 @@ class Workspace:
         return cls(Path(os.environ.get("VESALIUS_HOME", "vesalius_work")).absolute())
 
     @classmethod
-    def resolve(cls, root: str | Path | None) -> Workspace:
+    def resolve(cls, root: str | Path | Workspace | None) -> Workspace:
+        """A workspace from a folder, an existing workspace, or ``None`` (the default)."""
+        if isinstance(root, Workspace):
+            return root
         return cls.default() if root is None else cls(Path(root).absolute())
 
     def dataset_dir(self, name: str) -> Path:

@@ -106,8 +106,9 @@ class AugmentationConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.startswith("p_") and not 0.0 <= float(value) <= 1.0:
-                raise VesaliusError(f"augmentation setting {f.name}={value} is not a probability",
-                                    remedy="use a value in [0, 1]")
+                raise VesaliusError(
+                    f"augmentation setting {f.name}={value} is not a probability", remedy="use a value in [0, 1]"
+                )
             if isinstance(value, tuple) and len(value) == 2 and f.name != "mirror_axes" and value[0] > value[1]:
                 raise VesaliusError(f"augmentation range {f.name}={list(value)} is reversed", remedy="use [low, high]")
         if self.label_interpolation not in ("nearest", "linear"):
@@ -153,8 +154,9 @@ class AugmentationConfig:
             return (0,) * d
         scale = max(1.0, self.scaling[1]) if self.p_scaling > 0 else 1.0
         elastic = 3 * self.elastic_magnitude[1] if self.p_elastic > 0 else 0.0
-        return tuple(max(0, math.ceil(e * scale + elastic - h + 1)) for e, h in zip(extent.tolist(), half.tolist(),
-                                                                                      strict=True))
+        return tuple(
+            max(0, math.ceil(e * scale + elastic - h + 1)) for e, h in zip(extent.tolist(), half.tolist(), strict=True)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (tuples as lists)."""

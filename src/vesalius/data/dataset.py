@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from vesalius.errors import VesaliusError
+from vesalius.io import Image, read_image
 
 Task = Literal["segmentation", "classification"]
 SCHEMA_VERSION = 1
@@ -83,6 +86,13 @@ class Dataset:
 
     def label_path(self, case: Case) -> Path | None:
         return None if case.label is None else self.path(case.label)
+
+    def read_case(self, case: Case) -> tuple[Image, Image | None]:
+        """The channels of a case stacked into one ``(C, *spatial)`` image, and its label (if there is one)."""
+        images = [read_image(p) for p in self.image_paths(case)]
+        image = Image(np.concatenate([im.array for im in images], axis=0), images[0].geometry)
+        label_path = self.label_path(case)
+        return image, (read_image(label_path) if label_path is not None and label_path.exists() else None)
 
     def case(self, case_id: str) -> Case:
         for c in self.cases:

@@ -107,7 +107,7 @@ def import_dataset(
     Raises:
         VesaliusError: unknown layout, unusable source, name taken, or verification errors without ``force``.
     """
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    ws = Workspace.resolve(workspace)
     source = Path(os.path.abspath(source))
     target = ws.dataset_dir(name)
     if not source.exists():
@@ -440,7 +440,7 @@ def _convert_images(
     files: list[str] = []
     dims, picture = 0, False
     for src in sc.images:
-        header = _nifti_header(src) if src.is_file() and src.name.endswith(".nii.gz") else None
+        header = _header_dims(src) if src.is_file() and src.name.endswith(".nii.gz") else None
         if header is not None and header[1] == 1 and not (channels_last_4d and header[0] == 4):
             rel = f"imagesTr/{sc.case_id}_{len(files):04d}.nii.gz"
             shutil.copyfile(src, staging / rel)  # exact bytes; verification reads it back
@@ -463,7 +463,7 @@ def _convert_images(
     return files, dims, len(files), picture
 
 
-def _nifti_header(path: Path) -> tuple[int, int] | None:
+def _header_dims(path: Path) -> tuple[int, int] | None:
     """(dimension, components per voxel) from a NIfTI header, or None when the header cannot be read."""
     import SimpleITK as sitk
 

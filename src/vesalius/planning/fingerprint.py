@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vesalius.data.dataset import Dataset
-from vesalius.io import read_image
+from vesalius.data.dataset import Case, Dataset
+from vesalius.errors import VesaliusError
 
 
 @dataclass
@@ -56,11 +55,13 @@ def nonzero_box(array: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _case_summary(args: tuple[list[Path], Path, int, int]) -> dict[str, Any]:
-    image_paths, label_path, samples, seed = args
-    images = [read_image(p) for p in image_paths]
-    array = np.concatenate([im.array for im in images], axis=0).astype(np.float32)
-    label = read_image(label_path).array[0]
+def _case_summary(args: tuple[Dataset, Case, int, int]) -> dict[str, Any]:
+    dataset, case, samples, seed = args
+    image, label_image = dataset.read_case(case)
+    if label_image is None:
+        raise VesaliusError("missing label file", dataset.label_path(case) or case.case_id, "run 'vesalius verify'")
+    array = image.array.astype(np.float32)
+    label = label_image.array[0]
     box = nonzero_box(array)
     cropped, cropped_label = array[(slice(None), *box)], label[box]
     foreground = cropped[:, cropped_label > 0]
@@ -69,8 +70,8 @@ def _case_summary(args: tuple[list[Path], Path, int, int]) -> dict[str, Any]:
         foreground = foreground[:, rng.choice(foreground.shape[1], samples, replace=False)]
     values, counts = np.unique(cropped_label, return_counts=True)
     return {
-        "spacing": list(images[0].geometry.spacing),
-        "shape_before": list(images[0].spatial_shape),
+        "spacing": list(image.geometry.spacing),
+        "shape_before": list(image.spatial_shape),
         "shape_after": list(cropped.shape[1:]),
         "foreground": foreground,
         "classes": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
@@ -81,9 +82,7 @@ def compute_fingerprint(
     dataset: Dataset, samples_per_case: int = 10000, workers: int = 2, seed: int = 0
 ) -> Fingerprint:
     """Read every case of a segmentation data set once and summarise it (see :class:`Fingerprint`)."""
-    jobs = [
-        (dataset.image_paths(c), dataset.label_path(c), samples_per_case, seed + i) for i, c in enumerate(dataset.cases)
-    ]
+    jobs = [(dataset, c, samples_per_case, seed + i) for i, c in enumerate(dataset.cases)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             summaries = list(pool.map(_case_summary, jobs, chunksize=4))

@@ -124,7 +124,7 @@ def plan_dataset(
     workers: int = 2,
 ) -> tuple[dict[str, Any], Path]:
     """Fingerprint (cached) and plan an imported segmentation data set; returns the plan and its path."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     if dataset.task != "segmentation":
         raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets")
@@ -142,7 +142,7 @@ def plan_dataset(
 
 
 def load_plan(name: str, workspace: str | Path | Workspace | None = None) -> dict[str, Any]:
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    ws = Workspace.resolve(workspace)
     path = ws.root / "preprocessed" / name / "plan.json"
     if not path.exists():
         raise VesaliusError("no plan", path, f"run 'vesalius plan {name}' first")

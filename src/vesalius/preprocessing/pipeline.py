@@ -8,7 +8,6 @@ original geometry and shape, the grid after cropping and after resampling). The 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -18,19 +17,12 @@ from typing import Any
 import numpy as np
 
 from vesalius.data.dataset import Case, Dataset, write_json_atomic
-from vesalius.io import Geometry, Image, read_image
+from vesalius.errors import VesaliusError
+from vesalius.io import Geometry, Image
 from vesalius.planning.fingerprint import nonzero_box
 from vesalius.preprocessing.normalize import normalize
 from vesalius.preprocessing.spatial import crop, grid_for_spacing, resample_to, uncrop
 from vesalius.workspace import Workspace
-
-
-def read_case(dataset: Dataset, case: Case) -> tuple[Image, Image | None]:
-    """The channels of a case stacked into one image, and its label (if any)."""
-    images = [read_image(p) for p in dataset.image_paths(case)]
-    image = Image(np.concatenate([im.array for im in images], axis=0), images[0].geometry)
-    label_path = dataset.label_path(case)
-    return image, (read_image(label_path) if label_path is not None and label_path.exists() else None)
 
 
 def preprocess_image(
@@ -88,7 +80,7 @@ def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> st
     dataset, case, plan, config, folder = args
     if (folder / f"{case.case_id}.json").exists():
         return case.case_id  # done before (resumable): the json is written last
-    image, label = read_case(dataset, case)
+    image, label = dataset.read_case(case)
     data, seg, properties = preprocess_image(image, label, plan, config)
     _save_npy(folder / f"{case.case_id}.npy", data)
     if seg is not None:
@@ -111,12 +103,10 @@ def preprocess_dataset(
     """
     from vesalius.planning.planner import load_plan
 
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     plan = load_plan(name, ws)
     if config not in plan["configurations"]:
-        from vesalius.errors import VesaliusError
-
         raise VesaliusError(f"the plan has no '{config}' configuration", remedy=f"use {list(plan['configurations'])}")
     folder = ws.preprocessed_dir(name, config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,5 +115,5 @@ def preprocess_dataset(
         for case_id in pool.map(_preprocess_one, jobs):
             if on_case:
                 on_case(case_id)
-    (folder / "plan.json").write_text(json.dumps(plan, indent=2))
+    write_json_atomic(folder / "plan.json", plan)
     return folder
