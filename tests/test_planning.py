@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from vesalius.data.dataset import Dataset
+from vesalius.data.importers import import_dataset
+from vesalius.data.synthetic import write_segmentation_dataset
+from vesalius.planning.fingerprint import Fingerprint
+from vesalius.planning.planner import make_plan, plan_dataset
 from vesalius.planning.rules import (
     features_per_stage,
     load_rules,
+    mirror_axes,
     normalization,
     patch_and_batch,
     target_spacing,
@@ -107,3 +116,87 @@ def test_memory_caps_the_batch(rules: dict) -> None:
     _, batch_big, _ = patch_and_batch((64, 64), 10000, "cuda", 40000, 100, 32, rules)
     _, batch_small, _ = patch_and_batch((64, 64), 10000, "cuda", 40000, 0.05, 32, rules)
     assert batch_small < batch_big
+
+
+def _pair_centroids(offsets: np.ndarray, seed: int = 0) -> list[dict[str, list[float]]]:
+    """Per case, classes ``"2"`` and ``"10"`` with ``centroid_2 - centroid_10 = offsets[i]`` (key order varies)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i, offset in enumerate(offsets):
+        base = rng.uniform(10, 30, len(offset))
+        pair = [("2", (base + offset).tolist()), ("10", base.tolist())]
+        cases.append(dict(pair if i % 2 else pair[::-1]))
+    return cases
+
+
+def test_mirroring_skips_axes_along_which_two_classes_keep_their_order(rules: dict) -> None:
+    n = 10
+    offsets = np.stack([np.full(n, 3.0), np.full(n, 0.2), np.full(n, -4.0)], axis=1)
+    offsets[0, 0] = -3.0  # one case in ten the other way round: 90 % still counts as consistent
+    # axis 1: always the same sign but within half a voxel, which is no fixed order
+    assert mirror_axes(_pair_centroids(offsets), 3, rules) == (1,)
+
+
+def test_mirroring_keeps_axes_along_which_the_classes_lie_either_way(rules: dict) -> None:
+    rng = np.random.default_rng(1)
+    offsets = np.stack([rng.permutation(np.repeat([-3.0, 3.0], 20)) for _ in range(3)], axis=1)  # half each way
+    assert mirror_axes(_pair_centroids(offsets), 3, rules) == (0, 1, 2)
+
+
+def test_a_single_class_or_no_centroids_mirrors_every_axis(rules: dict) -> None:
+    single = [{"1": [10.0 + i, 20.0, 5.0]} for i in range(20)]
+    assert mirror_axes(single, 3, rules) == (0, 1, 2)
+    assert mirror_axes([], 2, rules) == (0, 1)
+
+
+def test_too_few_cases_with_both_classes_exclude_no_axis(rules: dict) -> None:
+    few = rules["mirror_min_cases"] - 1
+    centroids = _pair_centroids(np.full((few, 2), 3.0)) + [{"2": [1.0, 1.0]}] * 20
+    assert mirror_axes(centroids, 2, rules) == (0, 1)
+    assert mirror_axes(_pair_centroids(np.full((few + 1, 2), 3.0)), 2, rules) == ()
+
+
+@pytest.mark.parametrize(
+    ("spacing", "axes_3d", "axes_2d"), [((1.0, 1.0, 3.0), [0, 2], [0]), ((3.0, 1.0, 1.0), [0, 1], [0])]
+)
+def test_the_2d_configuration_gets_the_in_plane_mirror_axes(
+    spacing: tuple[float, ...], axes_3d: list[int], axes_2d: list[int]
+) -> None:
+    n = 8
+    offsets = np.zeros((n, 3))
+    offsets[:, 1 if spacing[2] > 1 else 2] = 5.0  # one in-plane axis in a fixed order
+    dataset = Dataset("toy", "segmentation", 3, ["MRI"], {0: "background", 1: "a", 2: "b"}, [], modalities=["MRI"])
+    fingerprint = Fingerprint(
+        spacings=[list(spacing)] * n,
+        shapes_before_crop=[[40, 40, 40]] * n,
+        shapes_after_crop=[[40, 40, 40]] * n,
+        intensity=[{"mean": 0.0, "std": 1.0}],
+        class_fraction={"0": 0.9, "1": 0.05, "2": 0.05},
+        crop_shrink=1.0,
+        modalities=["MRI"],
+        num_cases=n,
+        class_centroids=[{"1": c["2"], "2": c["10"]} for c in _pair_centroids(offsets)],
+    )
+    plan = make_plan(fingerprint, dataset)
+    assert plan["configurations"]["2d"]["slice_axis"] == int(np.argmax(spacing))
+    assert plan["configurations"]["3d"]["mirror_axes"] == axes_3d
+    assert plan["configurations"]["2d"]["mirror_axes"] == axes_2d
+
+
+def test_plan_of_a_synthetic_data_set_has_mirror_axes_and_refreshes_an_old_fingerprint(tmp_path: Path) -> None:
+    source = write_segmentation_dataset(tmp_path / "phantom", num_cases=6, seed=3)
+    workspace = tmp_path / "ws"
+    import_dataset(source, "phantom", workspace=workspace)
+    plan, _ = plan_dataset("phantom", workspace, workers=1)
+    # lesions lie anywhere inside the organ: no fixed order, every axis may be mirrored
+    assert plan["configurations"]["3d"]["mirror_axes"] == [0, 1, 2]
+    assert plan["configurations"]["2d"]["mirror_axes"] == [0, 1]
+
+    fp_path = workspace / "preprocessed" / "phantom" / "fingerprint.json"
+    saved = json.loads(fp_path.read_text())
+    assert len(saved["class_centroids"]) == 6 and all("1" in c for c in saved["class_centroids"])
+    old = {k: v for k, v in saved.items() if k != "class_centroids"}  # written before centroids existed
+    assert Fingerprint.from_json(old).class_centroids == []
+    fp_path.write_text(json.dumps(old))
+    plan_dataset("phantom", workspace, workers=1)
+    assert json.loads(fp_path.read_text())["class_centroids"] == saved["class_centroids"]

@@ -1,17 +1,18 @@
 """A data set's fingerprint: what the planner needs to know about it, computed once and saved as JSON.
 
 Per case: spacing, shape before and after cropping to the non-zero region, foreground intensity samples per
-channel; for the data set: intensity statistics per channel over the foreground, class voxel frequencies,
-how much cropping shrank the images.
+channel, the centroid of each foreground class present; for the data set: intensity statistics per channel over
+the foreground, class voxel frequencies, how much cropping shrank the images.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from vesalius.data.dataset import Case, Dataset
 from vesalius.errors import VesaliusError
@@ -19,7 +20,12 @@ from vesalius.errors import VesaliusError
 
 @dataclass
 class Fingerprint:
-    """Summary of a segmentation data set (all shapes and spacings in array axis order)."""
+    """Summary of a segmentation data set (all shapes, spacings and coordinates in array axis order).
+
+    ``class_centroids`` has one entry per case: label value (as a string) -> centroid in voxel coordinates of
+    the cropped array, for the foreground classes present in that case. Fingerprints written before it existed
+    load with an empty list.
+    """
 
     spacings: list[list[float]]
     shapes_before_crop: list[list[int]]
@@ -29,6 +35,7 @@ class Fingerprint:
     crop_shrink: float
     modalities: list[str]
     num_cases: int
+    class_centroids: list[dict[str, list[float]]] = field(default_factory=list)
 
     @property
     def median_spacing(self) -> list[float]:
@@ -69,12 +76,15 @@ def _case_summary(args: tuple[Dataset, Case, int, int]) -> dict[str, Any]:
     if foreground.shape[1] > samples:
         foreground = foreground[:, rng.choice(foreground.shape[1], samples, replace=False)]
     values, counts = np.unique(cropped_label, return_counts=True)
+    present = [int(v) for v in values if v > 0]
+    centroids = ndimage.center_of_mass(cropped_label > 0, cropped_label, present) if present else []
     return {
         "spacing": list(image.geometry.spacing),
         "shape_before": list(image.spatial_shape),
         "shape_after": list(cropped.shape[1:]),
         "foreground": foreground,
         "classes": {int(v): int(c) for v, c in zip(values, counts, strict=True)},
+        "centroids": {str(v): [round(float(x), 2) for x in c] for v, c in zip(present, centroids, strict=True)},
     }
 
 
@@ -118,4 +128,5 @@ def compute_fingerprint(
         crop_shrink=float(np.median(shrink)) if shrink else 1.0,
         modalities=list(dataset.modalities or dataset.channels),
         num_cases=len(summaries),
+        class_centroids=[s["centroids"] for s in summaries],
     )

@@ -1,8 +1,9 @@
 """From a fingerprint and a compute budget to a plan: a JSON file a person can read and edit.
 
 A plan holds the normalisation per channel and one entry per configuration (``"2d"``, ``"3d"``): target
-spacing, patch size, batch size, strides and kernels per stage, features per stage and the number of
-iterations the budget allows. Every number comes from a rule in :mod:`vesalius.planning.rules`.
+spacing, patch size, batch size, strides and kernels per stage, features per stage, the number of
+iterations the budget allows and the axes augmentation may mirror (in the configuration's patch axes). Every
+number comes from a rule in :mod:`vesalius.planning.rules`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vesalius.planning.rules import (
     Rules,
     features_per_stage,
     load_rules,
+    mirror_axes,
     normalization,
     patch_and_batch,
     target_spacing,
@@ -48,11 +50,13 @@ def make_plan(
     shapes = np.asarray(fingerprint.shapes_after_crop, dtype=float)
     spacing = target_spacing(spacings, shapes, rules)
     resampled = np.median(shapes * spacings / np.asarray(spacing), axis=0)
+    mirror = mirror_axes(fingerprint.class_centroids, dataset.spatial_dims, rules)
     configurations: dict[str, Any] = {}
     if dataset.spatial_dims == 3:
         configurations["3d"] = _configuration(
             "3d", tuple(spacing), tuple(resampled), fingerprint.num_cases, dev_key, budget, memory, rules
         )
+        configurations["3d"]["mirror_axes"] = list(mirror)
     # 2D works on slices across the coarsest axis; on ties the last (axial for RAS/LPS scans)
     slice_axis = len(spacing) - 1 - int(np.argmax(spacing[::-1])) if dataset.spatial_dims == 3 else None
     in_plane = [i for i in range(len(spacing)) if i != slice_axis]
@@ -66,6 +70,7 @@ def make_plan(
         memory,
         rules,
     )
+    config_2d["mirror_axes"] = [in_plane.index(k) for k in mirror if k in in_plane]
     config_2d["slice_axis"] = slice_axis
     config_2d["spacing_full"] = list(spacing)
     configurations["2d"] = config_2d
@@ -130,9 +135,8 @@ def plan_dataset(
         raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets")
     folder = ws.root / "preprocessed" / name
     fp_path = folder / "fingerprint.json"
-    if fp_path.exists():
-        fingerprint = Fingerprint.from_json(json.loads(fp_path.read_text()))
-    else:
+    fingerprint = Fingerprint.from_json(json.loads(fp_path.read_text())) if fp_path.exists() else None
+    if fingerprint is None or len(fingerprint.class_centroids) != fingerprint.num_cases:  # none, or pre-centroids
         fingerprint = compute_fingerprint(dataset, workers=workers)
         write_json_atomic(fp_path, fingerprint.to_json())
     plan = make_plan(fingerprint, dataset, device=device, time_budget_s=time_budget_s, memory_gb=memory_gb)

@@ -2,8 +2,9 @@
 
 The numbers live in ``rules.json`` next to this file (rules as data, as in nnU-Net); each function here reads
 only the keys it names, and each has a unit test. The approach follows nnU-Net's (median spacing with an
-anisotropy exception, pooling per axis by spacing, patch from the median shape) with one addition: the patch,
-batch and width are sized for the compute budget (device throughput x time), so a CPU plan can finish.
+anisotropy exception, pooling per axis by spacing, patch from the median shape) with two additions: the patch,
+batch and width are sized for the compute budget (device throughput x time), so a CPU plan can finish; and
+augmentation mirrors only along axes where the data set's classes have no fixed relative position.
 """
 
 from __future__ import annotations
@@ -162,3 +163,38 @@ def patch_and_batch(
     batch = int(np.clip(voxel_budget // voxels, min_batch, max_batch))
     iterations = int(time_budget_s * throughput / (voxels * batch))
     return patch_size, batch, iterations
+
+
+def mirror_axes(class_centroids: list[dict[str, list[float]]], spatial_dims: int, rules: Rules) -> tuple[int, ...]:
+    """The spatial axes along which mirroring a training sample still gives a plausible label map.
+
+    Mirroring is not label-neutral when two classes keep their relative position: in MSD Hippocampus the
+    anterior part (label 1) lies on the same side of the posterior part (label 2) in every case along two axes,
+    so flipping along those makes impossible samples. For every pair of foreground classes ``(a, b)``, over the
+    cases holding both, axis ``k`` is excluded when ``centroid_a - centroid_b`` along ``k`` is larger than
+    ``mirror_min_offset_voxels`` with the same sign in at least ``mirror_consistency`` of those cases. Pairs
+    found together in fewer than ``mirror_min_cases`` cases exclude nothing, so a single class, or no
+    centroids at all (an old fingerprint), gives every axis.
+
+    Args:
+        class_centroids: per case, label value (as a string) -> centroid in voxel coordinates (array axis order).
+        spatial_dims: the number of spatial axes.
+
+    Returns:
+        The axes to mirror, ascending (0 is the first axis after the channel).
+    """
+    offsets: dict[tuple[str, str], list[np.ndarray]] = {}
+    for case in class_centroids:
+        labels = sorted(case, key=int)
+        for i, a in enumerate(labels):
+            for b in labels[i + 1 :]:
+                offsets.setdefault((a, b), []).append(np.subtract(case[a], case[b]))
+    excluded: set[int] = set()
+    for pair_offsets in offsets.values():
+        if len(pair_offsets) < rules["mirror_min_cases"]:
+            continue
+        d = np.asarray(pair_offsets)
+        threshold = rules["mirror_min_offset_voxels"]
+        same_side = np.maximum((d > threshold).mean(axis=0), (d < -threshold).mean(axis=0))
+        excluded.update(int(k) for k in np.flatnonzero(same_side >= rules["mirror_consistency"]))
+    return tuple(k for k in range(spatial_dims) if k not in excluded)
