@@ -6,6 +6,7 @@ The Python API mirrors the command-line tool, one call per step::
     vesalius.import_dataset("Task04_Hippocampus", "hippo")
     vesalius.plan("hippo")
     vesalius.preprocess("hippo", "3d")
+    vesalius.train("hippo", "3d", fold=0, time_budget_s=1800)
 
 Heavy dependencies load on first use, so ``import vesalius`` is cheap.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["import_dataset", "plan", "preprocess", "verify"]
+__all__ = ["import_dataset", "plan", "preprocess", "train", "verify"]
 
 
 def import_dataset(source: Any, name: str, **kwargs: Any) -> Any:
@@ -46,3 +47,32 @@ def preprocess(name: str, config: str = "3d", workspace: Any = None, **kwargs: A
     from vesalius.preprocessing.pipeline import preprocess_dataset
 
     return preprocess_dataset(name, config, workspace, **kwargs)
+
+
+def train(
+    name: str,
+    config: str = "3d",
+    fold: int | str = 0,
+    workspace: Any = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    validate: bool = True,
+    show_progress: bool = False,
+    **settings: Any,
+) -> Any:
+    """Train one fold (or ``"all"``) and, for a fold, score its validation cases on their original grids.
+
+    ``settings`` are :class:`vesalius.training.TrainingConfig` fields (``epochs``, ``time_budget_s``, ``lr``,
+    ...). Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of
+    :func:`vesalius.evaluation.cross_validation.validate_fold` (``None`` for ``"all"`` or ``validate=False``).
+    """
+    from vesalius.training import TrainingConfig, train_segmentation
+
+    cfg = TrainingConfig(dataset=name, config=config, fold=fold, **settings)
+    result = train_segmentation(cfg, workspace, resume=resume, force=force, show_progress=show_progress)
+    if validate and fold != "all":
+        from vesalius.evaluation.cross_validation import validate_fold
+
+        result.validation = validate_fold(result.run_dir, workspace, device=cfg.device)
+    return result

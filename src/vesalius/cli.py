@@ -176,6 +176,74 @@ def preprocess(
     out.print(f"preprocessed '{name}' ({config}) -> {folder}", markup=False, highlight=False)
 
 
+@app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="Planned segmentation data set name in the workspace.")],
+    config: Annotated[str, typer.Option(help="Plan configuration: 3d or 2d.")] = "3d",
+    fold: Annotated[str, typer.Option(help="Cross-validation fold 0-4, or 'all' (every case, no validation).")] = "0",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: from the plan's budget).")] = None,
+    iters_per_epoch: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
+    time_budget: Annotated[
+        str | None, typer.Option(help="Wall budget of the training loop, e.g. 30m (default: the plan's).")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov, poly decay) or adamw.")] = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Initial learning rate (default per optimizer).")] = None,
+    schedule: Annotated[str, typer.Option(help="Learning-rate decay: poly or cosine.")] = "poly",
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the plan's).")] = None,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its latest checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over where a run exists.")] = False,
+    validate: Annotated[bool, typer.Option(help="Predict and score the fold's validation cases at the end.")] = True,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Train a U-Net on one fold of a planned data set (checkpoints, logs and progress.png in the run folder)."""
+    import vesalius
+
+    result = vesalius.train(
+        name,
+        config=config,
+        fold=fold if fold == "all" else _fold_number(fold),
+        workspace=workspace,
+        resume=resume,
+        force=force,
+        validate=validate,
+        show_progress=err.is_terminal,
+        epochs=epochs,
+        iterations_per_epoch=iters_per_epoch,
+        time_budget_s=parse_duration(time_budget) if time_budget else None,
+        optimizer=optimizer,
+        lr=lr,
+        schedule=schedule,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
+        seed=seed,
+    )
+    out.print(
+        f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s -> "
+        f"{result.run_dir}",
+        markup=False,
+        highlight=False,
+    )
+    if result.validation:
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in result.validation["dice"].items())
+        out.print(
+            f"validation Dice ({len(result.validation['cases'])} cases): mean {result.validation['dice_mean']:.3f}"
+            f" ({dice})",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _fold_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise VesaliusError(f"invalid fold '{text}'", remedy="use 0-4 or 'all'") from None
+
+
 def parse_duration(text: str) -> float:
     """Seconds in ``"30m"``, ``"2h"``, ``"90s"`` or ``"1800"``."""
     units = {"s": 1, "m": 60, "h": 3600}

@@ -8,8 +8,6 @@ point into the workspace copy (nnU-Net v2 layout: ``imagesTr/CASE_0000.nii.gz``,
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +16,7 @@ import numpy as np
 
 from vesalius.errors import VesaliusError
 from vesalius.io import Image, read_image
+from vesalius.io.atomic import write_bytes_atomic
 
 Task = Literal["segmentation", "classification"]
 SCHEMA_VERSION = 1
@@ -137,13 +136,4 @@ class Dataset:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))

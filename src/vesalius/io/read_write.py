@@ -11,9 +11,7 @@ channels). PNG, JPEG and BMP cannot store spacing, origin or direction; JPEG is 
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vesalius.errors import VesaliusError
+from vesalius.io.atomic import atomic_path
 from vesalius.io.image import Geometry, Image, from_sitk, to_sitk
 
 if TYPE_CHECKING:
@@ -146,19 +145,13 @@ def write_image(image: Image, path: str | Path, *, compress: bool = True, restor
         return path
     if suffix in PICTURE_SUFFIXES:
         _check_picture(image, path, suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    if suffix == ".mhd":  # header and raw data: two files cannot be replaced atomically together
+        raise VesaliusError("writing .mhd (two files) is not supported", path, "write .mha instead")
     try:
-        if suffix == ".mhd":  # header and raw data: write both under the temporary name, then move both
-            raise VesaliusError("writing .mhd (two files) is not supported", path, "write .mha instead")
-        sitk.WriteImage(to_sitk(image), tmp, useCompression=compress)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix) as tmp:
+            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=compress)
     except RuntimeError as e:
         raise VesaliusError(f"cannot write image ({_itk_reason(e)})", path, "check the folder and format") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -8,8 +8,6 @@ original geometry and shape, the grid after cropping and after resampling). The 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 from vesalius.data.dataset import Case, Dataset, write_json_atomic
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image
+from vesalius.io.atomic import atomic_path
 from vesalius.planning.fingerprint import nonzero_box
 from vesalius.preprocessing.normalize import normalize
 from vesalius.preprocessing.spatial import crop, grid_for_spacing, resample_to, uncrop
@@ -66,14 +65,8 @@ def restore_to_original(array: np.ndarray, properties: dict[str, Any], *, is_lab
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, ".npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> str:

@@ -1,0 +1,3 @@
+from vesalius.models.unet import UNet, build_network
+
+__all__ = ["UNet", "build_network"]

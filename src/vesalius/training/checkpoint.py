@@ -1,0 +1,34 @@
+"""Checkpoints: one ``.pt`` file per state, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint holds the model's and the optimiser's state dicts, the gradient scaler's (fp16), the counters
+(``epoch``, ``iteration``, ``elapsed_s``), the per-epoch log rows and the best pseudo-Dice so far: everything a
+resumed run needs to continue exactly where the last epoch ended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vesalius.errors import VesaliusError
+from vesalius.io.atomic import atomic_path
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    with atomic_path(path, ".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state saved at ``path`` (tensors on the CPU)."""
+    if not path.is_file():
+        raise VesaliusError("no checkpoint", path, "train the model first (or drop --resume)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VesaliusError(f"unreadable checkpoint ({exc})", path, "delete it and train again") from exc

@@ -1,0 +1,94 @@
+"""What a training run writes as it goes: a CSV of per-epoch figures, TensorBoard events and ``progress.png``.
+
+Each epoch is one row (a dict of numbers). The CSV and the plot are rewritten whole from all rows each epoch,
+atomically, so they always agree with the latest checkpoint (which stores the rows); TensorBoard events are
+appended, and a resumed run purges events written after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vesalius.io.atomic import write_bytes_atomic
+
+__all__ = ["TrainingLog"]
+
+
+class TrainingLog:
+    """Per-epoch log of a run in ``folder``: ``log.csv``, ``tensorboard/``, ``progress.png``.
+
+    Args:
+        folder: the run folder.
+        class_names: foreground class names, for the Dice columns ``dice_NAME``.
+        rows: rows of earlier epochs (from a checkpoint, when resuming).
+        tensorboard: write TensorBoard events.
+    """
+
+    def __init__(
+        self, folder: Path, class_names: Sequence[str], rows: Sequence[dict[str, float]] = (), tensorboard: bool = True
+    ) -> None:
+        self.folder = folder
+        self.class_names = list(class_names)
+        self.rows: list[dict[str, float]] = [dict(r) for r in rows]
+        self._writer: Any = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = int(self.rows[-1]["iteration"]) + 1 if self.rows else None
+            self._writer = SummaryWriter(str(folder / "tensorboard"), purge_step=purge)
+
+    def add(self, row: dict[str, float]) -> None:
+        """Record one epoch and rewrite the CSV and the plot."""
+        self.rows.append(dict(row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[-1]), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_bytes_atomic(self.folder / "log.csv", buffer.getvalue().encode())
+        if self._writer is not None:
+            step = int(row["iteration"])
+            for key, value in row.items():
+                if key not in ("epoch", "iteration"):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+        self.plot()
+
+    def plot(self) -> None:
+        """``progress.png``: losses, pseudo-Dice per class and learning rate against the epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [r["epoch"] for r in self.rows]
+        fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+        axes[0].plot(epochs, [r["train_loss"] for r in self.rows], label="train loss")
+        if any("val_loss" in r for r in self.rows):
+            axes[0].plot(epochs, [r.get("val_loss", float("nan")) for r in self.rows], label="validation loss")
+        axes[0].set_ylabel("loss")
+        axes[0].legend()
+        for name in self.class_names:
+            key = f"dice_{name}"
+            if any(key in r for r in self.rows):
+                axes[1].plot(epochs, [r.get(key, float("nan")) for r in self.rows], label=name)
+        if any("dice_mean" in r for r in self.rows):
+            axes[1].plot(epochs, [r.get("dice_mean", float("nan")) for r in self.rows], "k--", label="mean")
+            axes[1].legend()
+        axes[1].set_ylabel("validation pseudo-Dice")
+        axes[1].set_ylim(0, 1)
+        axes[2].plot(epochs, [r["lr"] for r in self.rows])
+        axes[2].set_ylabel("learning rate")
+        axes[2].set_xlabel("epoch")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        plt.close(fig)
+        write_bytes_atomic(self.folder / "progress.png", buffer.getvalue())
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
