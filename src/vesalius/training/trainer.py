@@ -220,7 +220,7 @@ class _Run:
                 + (f" or {self.dtype} overflowed (try --precision fp32)" if self.dtype is not None else "")
             )
         raise VesaliusError(
-            f"the training loss became {float(loss):g} at iteration {iteration}",
+            f"the training loss became {float(loss.detach()):g} at iteration {iteration}",
             self.run_dir / "checkpoint_latest.pt",
             f"{cause}; the last complete epoch is saved: continue with --resume",
         )
