@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -220,6 +220,17 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VESALIUS_HOME", str(home))
     monkeypatch.delenv("VESALIUS_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small tensors: one thread is as fast, and immune to other processes busy on the same cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

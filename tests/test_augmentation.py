@@ -3,7 +3,6 @@ label values, image/label alignment, mirroring axes, determinism, 2D and 3D, geo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,7 @@ from vesalius.augmentation import transforms as T
 from vesalius.augmentation.transforms import AugmentationConfig, Augmenter, mirror, spatial_transform
 from vesalius.errors import VesaliusError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors: one thread is as fast, and immune to other processes busy on the same cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ---------------------------------------------------------------------------------------------------------------
 # sampling

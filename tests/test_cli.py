@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vesalius.cli import main
@@ -154,3 +155,23 @@ def test_subprocess_errors_one_line_and_debug_traceback(tmp_path):
 def test_usage_error_exit_code(capsys):
     assert main(["frobnicate"]) == 2
     assert "frobnicate" in capsys.readouterr().err
+
+
+def test_measure_prints_volumes_and_writes_tables(tmp_path, capsys, make):
+    from vesalius.io import Geometry, Image, write_image
+
+    array = np.zeros((1, 10, 10, 10), np.uint8)
+    array[0, 1:3, 1:3, 1:3] = 1  # 8 voxels
+    array[0, 6:9, 6:9, 6:9] = 1  # 27 voxels
+    geometry = Geometry((0.5, 0.5, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    write_image(Image(array, geometry), tmp_path / "seg.nii.gz")
+    write_image(Image(array.astype(np.float32) * 100, geometry), tmp_path / "img.nii.gz")
+    args = ["measure", str(tmp_path / "seg.nii.gz"), "--image", str(tmp_path / "img.nii.gz")]
+    assert main([*args, "-o", str(tmp_path / "m.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "1: 0.0175 mL in 2 component(s)" in printed  # 35 voxels x 0.5 mm^3
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[3] == "27"
+    assert main([*args, "-o", str(tmp_path / "m.json")]) == 0
+    assert (tmp_path / "m.json").read_text().startswith("{")
+    assert main(["measure", str(tmp_path / "missing.nii.gz")]) == 2

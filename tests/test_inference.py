@@ -4,8 +4,6 @@ model, the average of flipped predictions otherwise), and whole cases predicted 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -15,14 +13,7 @@ from vesalius.data.synthetic import make_segmentation_case
 from vesalius.inference import predict_image, predict_probabilities, tta_flips
 from vesalius.io import Geometry, Image
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small tensors: one thread is as fast, and immune to other processes busy on the same cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _conv(ndim: int, channels: int, classes: int, kernel: int = 1, seed: int = 0) -> nn.Module:

@@ -237,6 +237,45 @@ def train(
         )
 
 
+@app.command()
+def measure(
+    seg: Annotated[Path, typer.Argument(help="Segmentation (label map) file or DICOM folder.")],
+    image: Annotated[Path | None, typer.Option(help="The image on the same grid, for intensities.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the table: .csv (one row per component) or .json.")
+    ] = None,
+    connectivity: Annotated[str, typer.Option(help="full (26/8 neighbours) or face (6/4).")] = "full",
+) -> None:
+    """Volumes (mL; 2D: mm^2), connected components, centroids (world mm) and intensities per label."""
+    from rich.table import Table
+
+    from vesalius.evaluation.measure import measure_segmentation
+    from vesalius.io import read_image
+
+    result = measure_segmentation(read_image(seg), read_image(image) if image else None, connectivity=connectivity)
+    table = Table("label", "name", "component", result.size_column, "centroid (mm)", "mean intensity")
+    for row in result.to_rows():
+        centroid = ", ".join(f"{row[k]:.1f}" for k in row if k.startswith("centroid_") and k.endswith("_mm"))
+        mean = row.get("mean_intensity")
+        table.add_row(
+            str(row["label"]),
+            row["name"],
+            str(row["component"]),
+            f"{row[result.size_column]:.4g}",
+            centroid,
+            "" if mean is None else f"{mean:.1f}",
+        )
+    out.print(table)
+    for row in result.label_rows():
+        out.print(
+            f"{row['name']}: {row[result.size_column]:.4g} {result.unit} in {row['components']} component(s)",
+            markup=False,
+        )
+    if output:
+        written = result.write_json(output) if output.suffix.lower() == ".json" else result.write_csv(output)
+        out.print(f"written to {written}", markup=False, highlight=False)
+
+
 def _fold_number(text: str) -> int:
     try:
         return int(text)

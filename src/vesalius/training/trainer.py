@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -317,17 +318,15 @@ def train_segmentation(
     elif (run_dir / "training.json").exists() and not force:
         raise VesaliusError("a run exists here", run_dir, "continue it with --resume, or start over with --force")
     cfg = cfg.resolve(plan)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     folder, split = _prepare_data(cfg, ws, plan)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # --force: nothing of the old run (logs, events, checkpoints) may mix in
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, plan, folder, run_dir, split)
-    if resume:
-        latest = run_dir / "checkpoint_latest.pt"
-        if latest.exists():
-            run.load_state(load_checkpoint(latest))
-    else:
-        for stale in run_dir.glob("checkpoint_*.pt"):
-            stale.unlink()
+    latest = run_dir / "checkpoint_latest.pt"
+    if resume and latest.exists():
+        run.load_state(load_checkpoint(latest))
     write_json_atomic(run_dir / "plan.json", plan)
     write_json_atomic(
         run_dir / "training.json",
@@ -343,9 +342,7 @@ def train_segmentation(
         _loop(run, log, show_progress, callbacks)
     finally:
         log.close()
-    save_checkpoint(
-        run_dir / "checkpoint_final.pt", {"model": run.model.state_dict(), "training": cfg.to_dict()}
-    )
+    save_checkpoint(run_dir / "checkpoint_final.pt", {"model": run.model.state_dict(), "training": cfg.to_dict()})
     return TrainingResult(
         run_dir=run_dir,
         epochs=len(run.rows),
