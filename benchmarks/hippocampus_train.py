@@ -116,15 +116,20 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(WORK_DIR / "vesalius", ignore_errors=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    print(f"{DATASET} fold {args.fold}, budget {budget_s / 60:.1f} min, {args.threads} threads, "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"{DATASET} fold {args.fold}, budget {budget_s / 60:.1f} min, {args.threads} threads, "
+        f"load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     ours = run_vesalius(data_dir, WORK_DIR, budget_s, args.fold, args.threads)
     dice = ", ".join(f"{k} {v:.3f}" for k, v in ours["dice_per_class"].items())
     print(f"Vesalius: validation Dice ({ours['n_val_cases']} cases): mean {ours['mean_dice']:.3f} ({dice})")
-    print(f"  training: {ours['iterations']} iterations, {ours['epochs']} epochs in "
-          f"{ours['train_loop_seconds']:.0f} s, {ours['iters_per_s']:.3f} iterations/s, "
-          f"{ours['voxels_per_s']:.3g} voxels/s "
-          f"(patch {ours['patch_size']}, batch {ours['batch_size']})")
+    print(
+        f"  training: {ours['iterations']} iterations, {ours['epochs']} epochs in "
+        f"{ours['train_loop_seconds']:.0f} s, {ours['iters_per_s']:.3f} iterations/s, "
+        f"{ours['voxels_per_s']:.3g} voxels/s "
+        f"(patch {ours['patch_size']}, batch {ours['batch_size']})"
+    )
     print(f"  prediction: {ours['predict_s_per_case']:.2f} s per case with mirroring")
     report: dict[str, Any] = {
         "benchmark": "hippocampus_train",
@@ -141,11 +146,15 @@ def main() -> None:
         peer = run_nnunet(data_dir, WORK_DIR / "nnunet", budget_s, args.fold)
         report["nnunet"] = peer
         same_cases = sorted(peer["val_cases"]) == ours["val_cases"]
-        print(f"nnU-Net v2: validation Dice mean {peer['mean_dice']:.3f}, {peer['iterations']} iterations, "
-              f"{peer['iters_per_s']:.3f} iterations/s, {peer['voxels_per_s']:.3g} voxels/s; "
-              f"same validation cases: {same_cases}")
-        print(f"ratios Vesalius/nnU-Net: Dice {ours['mean_dice'] / max(peer['mean_dice'], 1e-9):.2f}x, "
-              f"voxels/s {ours['voxels_per_s'] / peer['voxels_per_s']:.2f}x")
+        print(
+            f"nnU-Net v2: validation Dice mean {peer['mean_dice']:.3f}, {peer['iterations']} iterations, "
+            f"{peer['iters_per_s']:.3f} iterations/s, {peer['voxels_per_s']:.3g} voxels/s; "
+            f"same validation cases: {same_cases}"
+        )
+        print(
+            f"ratios Vesalius/nnU-Net: Dice {ours['mean_dice'] / max(peer['mean_dice'], 1e-9):.2f}x, "
+            f"voxels/s {ours['voxels_per_s'] / peer['voxels_per_s']:.2f}x"
+        )
         report["same_validation_cases"] = same_cases
     emit_json(report)
 

@@ -48,8 +48,16 @@ def candidates(classes: int) -> dict[str, Callable[[], torch.nn.Module]]:
             3, 1, classes, channels=FEATURES, strides=(2, 2, 2), num_res_units=2, norm="INSTANCE"
         ),
         "monai-dynunet": lambda: DynUNet(
-            3, 1, classes, KERNELS, STRIDES, STRIDES[1:], filters=FEATURES, norm_name="INSTANCE",
-            deep_supervision=True, deep_supr_num=2,
+            3,
+            1,
+            classes,
+            KERNELS,
+            STRIDES,
+            STRIDES[1:],
+            filters=FEATURES,
+            norm_name="INSTANCE",
+            deep_supervision=True,
+            deep_supr_num=2,
         ),
     }
 
@@ -90,8 +98,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     classes = 3
     results = {}
-    print(f"machine: {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}, "
-          f"batch {args.batch} x {tuple(args.patch)}, {args.threads} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}, "
+        f"batch {args.batch} x {tuple(args.patch)}, {args.threads} threads"
+    )
     for name, make in candidates(classes).items():
         if args.only and name not in args.only:
             continue
@@ -101,10 +111,20 @@ def main() -> None:
             s = time_steps(make(), args.batch, tuple(args.patch), classes, args.steps, bf16)
             row["bf16_s_per_step" if bf16 else "fp32_s_per_step"] = round(s, 4)
         results[name] = row
-        print(f"{name:18s} {params / 1e6:5.2f} M params  fp32 {row['fp32_s_per_step']:.3f} s/step  "
-              f"bf16+channels_last {row['bf16_s_per_step']:.3f} s/step", flush=True)
-    emit_json({"benchmark": "network_speed", "batch": args.batch, "patch": args.patch, "threads": args.threads,
-               "results": results})
+        print(
+            f"{name:18s} {params / 1e6:5.2f} M params  fp32 {row['fp32_s_per_step']:.3f} s/step  "
+            f"bf16+channels_last {row['bf16_s_per_step']:.3f} s/step",
+            flush=True,
+        )
+    emit_json(
+        {
+            "benchmark": "network_speed",
+            "batch": args.batch,
+            "patch": args.patch,
+            "threads": args.threads,
+            "results": results,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -281,3 +281,26 @@ def unchanged() -> Callable[[Path], Callable[[], None]]:
         return check
 
     return start
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding a planned and preprocessed 12-case 3D phantom data set ``ph`` (shared: copy to modify)."""
+    import vesalius
+    from vesalius.data.synthetic import write_segmentation_dataset
+
+    root = tmp_path_factory.mktemp("planned")
+    write_segmentation_dataset(root / "src", 12, seed=0)
+    ws = root / "ws"
+    vesalius.import_dataset(root / "src", "ph", workspace=ws)
+    vesalius.plan("ph", workspace=ws)
+    vesalius.preprocess("ph", "3d", workspace=ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def trained(planned: Path):  # type: ignore[no-untyped-def]
+    """Fold 0 of ``planned`` trained briefly (60 iterations, a few seconds) and validated."""
+    import vesalius
+
+    return vesalius.train("ph", "3d", 0, workspace=planned, epochs=4, iterations_per_epoch=15, val_batches=2, threads=2)

@@ -94,30 +94,10 @@ def test_training_config_resolves_from_plan_and_rejects_bad_values():
 
 # -- real training on phantoms ------------------------------------------------------------------------------------
 
-SHORT = {"epochs": 4, "iterations_per_epoch": 15, "val_batches": 2, "threads": 2}
-
-
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory) -> Path:
-    """A workspace holding a planned and preprocessed 12-case 3D phantom data set ``ph``."""
-    root = tmp_path_factory.mktemp("training")
-    write_segmentation_dataset(root / "src", 12, seed=0)
-    ws = root / "ws"
-    vesalius.import_dataset(root / "src", "ph", workspace=ws)
-    vesalius.plan("ph", workspace=ws)
-    vesalius.preprocess("ph", "3d", workspace=ws)
-    return ws
-
-
 def _copy(ws: Path, tmp_path: Path) -> Path:
     target = tmp_path / "ws_copy"
     shutil.copytree(ws, target, ignore=shutil.ignore_patterns("runs"))
     return target
-
-
-@pytest.fixture(scope="module")
-def trained(planned):
-    return vesalius.train("ph", "3d", 0, workspace=planned, **SHORT)
 
 
 @pytest.mark.slow

@@ -238,6 +238,61 @@ def train(
 
 
 @app.command()
+def predict(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Image file, DICOM series folder, or folder of images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (or file, for one input case).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Fold folder, or configuration folder (all folds).")],
+    fast: Annotated[
+        bool, typer.Option("--fast", help="No mirroring test-time augmentation, larger window step.")
+    ] = False,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Segment images with a trained model; the output has each input's shape, spacing, origin and direction."""
+    from vesalius.inference.predictor import predict_files
+
+    def report(case) -> None:  # type: ignore[no-untyped-def]
+        err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
+
+    written = predict_files(
+        input,
+        output,
+        model,
+        fast=fast,
+        probabilities=probabilities,
+        checkpoint=checkpoint,
+        device=device,
+        on_case=report,
+    )
+    out.print(f"{len(written)} segmentation(s) written to {written[0].parent}", markup=False, highlight=False)
+
+
+@app.command()
+def evaluate(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
+    references: Annotated[Path, typer.Argument(help="Folder of reference label maps (same names).")],
+    tolerance_mm: Annotated[float, typer.Option(help="Tolerance of the normalised surface Dice, mm.")] = 1.0,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for metrics.csv and summary.json (default: PREDICTIONS)."),
+    ] = None,
+) -> None:
+    """Dice, IoU, HD95, ASSD, surface Dice, precision, recall, volumes per case and class (distances in mm)."""
+    from vesalius.evaluation.evaluate import evaluate_folder
+
+    summary = evaluate_folder(predictions, references, tolerance_mm=tolerance_mm, output_dir=output)
+    for name, metrics in summary["metrics"].items():
+        out.print(
+            f"{name}: Dice {_number(metrics['dice']['mean'], '.3f')}, "
+            f"HD95 {_number(metrics['hd95']['mean'], '.2f')} mm, "
+            f"surface Dice {_number(metrics['surface_dice']['mean'], '.3f')} ({summary['num_cases']} cases)",
+            markup=False,
+        )
+    out.print(f"metrics written to {output or predictions}", markup=False, highlight=False)
+
+
+@app.command()
 def measure(
     seg: Annotated[Path, typer.Argument(help="Segmentation (label map) file or DICOM folder.")],
     image: Annotated[Path | None, typer.Option(help="The image on the same grid, for intensities.")] = None,
@@ -274,6 +329,10 @@ def measure(
     if output:
         written = result.write_json(output) if output.suffix.lower() == ".json" else result.write_csv(output)
         out.print(f"written to {written}", markup=False, highlight=False)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _fold_number(text: str) -> int:

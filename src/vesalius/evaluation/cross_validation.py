@@ -3,7 +3,10 @@
 The cases are read from the imported data set (not the preprocessed cache), predicted through the run's plan
 (:func:`vesalius.inference.predict_image`: sliding window, mirroring as planned) and compared with their reference
 labels on the original grid, so the Dice is the one a user gets. Writes ``validation/CASE.EXT`` (the predictions,
-in the data set's format) and ``validation/summary.json`` (Dice per case and class, mean per class and overall).
+in the data set's format) and ``validation/summary.json`` (Dice per case and class, mean per class and overall),
+and decides from these predictions which classes keep only their largest component
+(:func:`vesalius.inference.postprocess.decide_postprocessing`, saved as ``postprocessing.json`` in the run folder
+and applied by ``vesalius predict``). The Dice figures in the summary are those before post-processing.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import torch
 from vesalius.data.dataset import Dataset, write_json_atomic
 from vesalius.evaluation.segmentation import dice_per_class
 from vesalius.inference.model import load_model
+from vesalius.inference.postprocess import decide_postprocessing
 from vesalius.inference.predict import predict_image
-from vesalius.io import write_image
+from vesalius.io import read_image, write_image
 from vesalius.workspace import Workspace
 
 __all__ = ["validate_fold"]
@@ -45,6 +49,7 @@ def validate_fold(
     out = run_dir / "validation"
     out.mkdir(exist_ok=True)
     cases: dict[str, dict[str, float]] = {}
+    pairs: list[tuple[Path, Path]] = []
     seconds = []
     for case_id in split["val"]:
         case = dataset.case(case_id)
@@ -60,6 +65,7 @@ def validate_fold(
         if reference is not None:
             scores = dice_per_class(prediction.array[0], reference.array[0], labels)
             cases[case_id] = {names[k]: v for k, v in scores.items()}
+            pairs.append((out / f"{case_id}{suffix}", dataset.label_path(case)))
     per_class = {names[k]: float(np.mean([c[names[k]] for c in cases.values()])) for k in labels} if cases else {}
     summary = {
         "checkpoint": checkpoint,
@@ -70,5 +76,9 @@ def validate_fold(
         "dice": per_class,
         "cases": cases,
     }
+    if pairs:
+        decision = decide_postprocessing(((read_image(p).array[0], read_image(r).array[0]) for p, r in pairs), labels)
+        write_json_atomic(run_dir / "postprocessing.json", decision)
+        summary["postprocessing"] = decision
     write_json_atomic(out / "summary.json", summary)
     return summary

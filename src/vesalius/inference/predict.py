@@ -21,7 +21,7 @@ from vesalius.preprocessing.pipeline import preprocess_image, restore_to_origina
 
 
 def predict_image(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     image: Image,
     plan: dict[str, Any],
     config: str,
@@ -36,7 +36,8 @@ def predict_image(
     """Segment ``image`` with ``model`` trained on plan configuration ``config``.
 
     Args:
-        model: the network of that configuration, on ``device`` (see
+        model: the network of that configuration, on ``device``, or several (an ensemble of folds: their
+            probabilities are averaged) (see
             :func:`~vesalius.inference.sliding_window.predict_probabilities`).
         image: ``(C, *spatial)`` with the plan's channels, on its native grid.
         plan: the plan (see :mod:`vesalius.planning.planner`); ``plan["configurations"][config]`` gives
@@ -59,17 +60,21 @@ def predict_image(
     configuration = plan["configurations"][config]
     data, _, properties = preprocess_image(image, None, plan, config)
     patch_size = tuple(configuration["patch_size"])
-    probabilities = predict_probabilities(
-        model,
-        data,
-        patch_size,
-        step=step,
-        mirror_axes=tuple(configuration.get("mirror_axes", ())) if mirror_axes is None else tuple(mirror_axes),
-        batch_size=batch_size or int(configuration.get("batch_size", 1)),
-        device=device,
-        autocast_dtype=autocast_dtype,
-        slice_axis=configuration.get("slice_axis") if len(patch_size) < image.ndim else None,
-    ).numpy()
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    probabilities = sum(
+        predict_probabilities(
+            m,
+            data,
+            patch_size,
+            step=step,
+            mirror_axes=tuple(configuration.get("mirror_axes", ())) if mirror_axes is None else tuple(mirror_axes),
+            batch_size=batch_size or int(configuration.get("batch_size", 1)),
+            device=device,
+            autocast_dtype=autocast_dtype,
+            slice_axis=configuration.get("slice_axis") if len(patch_size) < image.ndim else None,
+        )
+        for m in models
+    ).numpy() / len(models)
     labels = probabilities.argmax(axis=0)[None].astype(np.uint8)
     label_image = image.with_array(restore_to_original(labels, properties, is_label=True).array)
     if not return_probabilities:

@@ -135,6 +135,7 @@ def build_network(config: dict[str, Any], in_channels: int, num_classes: int, **
         "residual_units": config.get("residual_units", 2),
         "deep_supervision": config.get("deep_supervision", True),
         "stem": config.get("stem", "strided"),
+        "stem_features": config.get("stem_features", 8),
     }
     kwargs.update(overrides)
     return UNet(
