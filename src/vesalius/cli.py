@@ -368,12 +368,19 @@ def datasets(workspace: WorkspaceOption = None) -> None:
 def demo(
     cases: Annotated[int, typer.Option(help="Number of synthetic 3D cases.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data.")] = 0,
+    time_budget: Annotated[str, typer.Option(help="Training time, e.g. 60s or 2m.")] = "60s",
     workspace: WorkspaceOption = None,
 ) -> None:
     """Run the pipeline end to end on built-in synthetic phantoms (no download needed)."""
     from vesalius.demo import run_demo
 
-    run_demo(workspace=workspace, num_cases=cases, seed=seed, echo=lambda s: out.print(s, markup=False))
+    run_demo(
+        workspace=workspace,
+        num_cases=cases,
+        seed=seed,
+        echo=lambda s: out.print(s, markup=False),
+        time_budget_s=parse_duration(time_budget),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,8 @@ class UNet(nn.Module):
         stem: ``"strided"``: stage 0 is computed at the resolution of stage 1's stride (cheap; see the module
             docstring); ``"full"``: stage 0 runs at full resolution.
         stem_features: channels of the full-resolution output block when ``stem="strided"``.
+        input_skip: with ``stem="strided"``, the full-resolution output block also sees the input image
+            (concatenated to the upsampled features), its only full-resolution view of it.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class UNet(nn.Module):
         deep_supervision: bool = True,
         stem: str = "strided",
         stem_features: int = 8,
+        input_skip: bool = False,
     ) -> None:
         super().__init__()
         if not len(features) == len(strides) == len(kernels) >= 2:
@@ -85,6 +88,7 @@ class UNet(nn.Module):
             raise ValueError(f"stem must be 'strided' or 'full', got {stem!r}")
         self.deep_supervision = deep_supervision
         self.stem = stem
+        self.input_skip = input_skip and stem == "strided"
         dims = spatial_dims
         strides = [list(s) for s in strides]
         if stem == "strided":
@@ -104,10 +108,12 @@ class UNet(nn.Module):
         self.heads = nn.ModuleList(_head(dims, features[i], num_classes) for i in range(len(features) - 1))
         if stem == "strided":
             self.output_up = _up(dims, features[0], stem_features, strides[0])
-            self.output_block = _residual(dims, stem_features, stem_features, [1] * dims, kernels[0], 1)
+            block_in = stem_features + (in_channels if self.input_skip else 0)
+            self.output_block = _residual(dims, block_in, stem_features, [1] * dims, kernels[0], 1)
             self.output_head = _head(dims, stem_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        image = x
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -119,7 +125,8 @@ class UNet(nn.Module):
             decoded.append(x)
         decoded.reverse()  # highest resolution first
         if self.stem == "strided":
-            top = self.output_head(self.output_block(self.output_up(decoded[0])))
+            up = self.output_up(decoded[0])
+            top = self.output_head(self.output_block(torch.cat([up, image], 1) if self.input_skip else up))
             lower = [head(d) for head, d in zip(self.heads, decoded, strict=True)]
         else:
             top = self.heads[0](decoded[0])
@@ -136,6 +143,7 @@ def build_network(config: dict[str, Any], in_channels: int, num_classes: int, **
         "deep_supervision": config.get("deep_supervision", True),
         "stem": config.get("stem", "strided"),
         "stem_features": config.get("stem_features", 8),
+        "input_skip": config.get("input_skip", False),
     }
     kwargs.update(overrides)
     return UNet(
