@@ -141,7 +141,7 @@ def test_run_folder_holds_logs_checkpoints_and_predictions(trained):
 
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(planned, tmp_path):
-    settings = {"epochs": 3, "iterations_per_epoch": 4, "val_batches": 1, "threads": 2}
+    settings = {"epochs": 3, "iterations_per_epoch": 4, "val_batches": 1, "threads": 2, "precision": "fp32"}
     straight = train_segmentation(TrainingConfig("ph", fold=1, **settings), planned)
     expected = torch.load(straight.run_dir / "checkpoint_final.pt", weights_only=True)["model"]
 
@@ -155,13 +155,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(planned, tmp_path):
         train_segmentation(TrainingConfig("ph", fold=1, **settings), other, callbacks=[stop_after_first_epoch])
     with pytest.raises(VesaliusError, match="a run exists"):
         train_segmentation(TrainingConfig("ph", fold=1, **settings), other)
-    resumed = train_segmentation(TrainingConfig("ph", fold=1), other, resume=True)
+    resumed = train_segmentation(TrainingConfig("ph", fold=1), other, resume=True)  # saved settings stand
     assert resumed.iterations == straight.iterations == 12
     got = torch.load(resumed.run_dir / "checkpoint_final.pt", weights_only=True)["model"]
     for key, value in expected.items():
         assert torch.equal(value, got[key]), key
     rows = list(csv.DictReader((resumed.run_dir / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert json.loads((resumed.run_dir / "training.json").read_text())["training"]["precision"] == "fp32"
 
 
 @pytest.mark.slow

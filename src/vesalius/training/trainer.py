@@ -285,8 +285,9 @@ def _resumed_config(cfg: TrainingConfig, run_dir: Path) -> TrainingConfig:
     if not path.is_file():
         raise VesaliusError("nothing to resume", run_dir, "start the run without --resume")
     saved = TrainingConfig.from_dict(json.loads(path.read_text())["training"])
-    given = cfg.to_dict()
-    changes = {k: given[k] for k in RESUMABLE_OVERRIDES if given[k] is not None and given[k] != saved.to_dict()[k]}
+    given, default = cfg.to_dict(), TrainingConfig(cfg.dataset).to_dict()
+    # A setting left at its default was not given: the saved value stands (the CLI passes every default).
+    changes = {k: given[k] for k in RESUMABLE_OVERRIDES if given[k] != default[k]}
     return replace(saved, **changes)
 
 
