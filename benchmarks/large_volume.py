@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common import emit_json
-from vesalius.inference import predict_image
+from vesalius.inference.predict import predict_image
 from vesalius.io import Geometry, Image
 from vesalius.models import build_network
 

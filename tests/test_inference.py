@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from vesalius.data.synthetic import make_segmentation_case
-from vesalius.inference import predict_image, predict_probabilities, tta_flips
+from vesalius.inference.predict import predict_image
+from vesalius.inference.sliding_window import predict_probabilities, tta_flips
 from vesalius.io import Geometry, Image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,12 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from vesalius.inference.postprocess import (
-    apply_postprocessing,
-    decide_postprocessing,
-    fill_holes,
-    keep_largest_component,
-)
+from vesalius.evaluation.cross_validation import decide_postprocessing
+from vesalius.inference.postprocess import apply_postprocessing, fill_holes, keep_largest_component
 
 
 def two_blobs() -> np.ndarray:

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from vesalius.errors import VesaliusError
+from vesalius.inference.postprocess import neighbourhood
 from vesalius.io.atomic import write_bytes_atomic
 from vesalius.io.image import Image
 
@@ -284,7 +285,7 @@ def measure_segmentation(
     unit_size = float(np.prod(spacing)) / (1000.0 if seg.ndim == 3 else 1.0)
     linear = geometry.direction_matrix * spacing[None, :]  # index -> world offset
     origin = np.asarray(geometry.origin)
-    structure = ndimage.generate_binary_structure(seg.ndim, seg.ndim if connectivity == "full" else 1)
+    structure = neighbourhood(seg.ndim, connectivity)  # type: ignore[arg-type]
     names = dict(labels or {})
 
     measured: dict[int, LabelMeasurement] = {}

@@ -50,6 +50,8 @@ from typing import TypedDict
 import numpy as np
 from scipy import ndimage
 
+from vesalius.planning.fingerprint import nonzero_box
+
 __all__ = ["METRICS", "SegmentationScores", "dice_per_class", "segmentation_metrics", "volume_unit"]
 
 
@@ -148,7 +150,7 @@ def _label_metrics(
             recall=overlap,
             **volumes,
         )
-    box = _bounding_box(pred | ref)
+    box = nonzero_box((pred | ref)[None])
     pred, ref = pred[box], ref[box]
     tp = int(np.count_nonzero(pred & ref))
     surface_pred, surface_ref = _surface(pred), _surface(ref)
@@ -165,15 +167,6 @@ def _label_metrics(
         recall=tp / n_ref,
         **volumes,
     )
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """The smallest box holding every true voxel of a non-empty mask."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

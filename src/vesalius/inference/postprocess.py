@@ -9,27 +9,25 @@ Two operations are available, each applied class by class and always returning a
 
 Whether keeping the largest component helps depends on the anatomy (one liver, but two kidneys under one label),
 so nnU-Net does not guess: it runs each candidate on the validation predictions of the cross-validation folds and
-keeps it for a class only when it raises that class's mean Dice. :func:`decide_postprocessing` makes that decision
-and returns it as a JSON-ready dict, which is saved next to the model as ``postprocessing.json`` and applied to new
-predictions by :func:`apply_postprocessing`.
+keeps it for a class only when it raises that class's mean Dice.
+:func:`vesalius.evaluation.cross_validation.decide_postprocessing` makes that decision, saved next to the model as
+``postprocessing.json`` and applied to new predictions by :func:`apply_postprocessing`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
 
-from vesalius.evaluation.segmentation import dice_per_class
-
-__all__ = ["apply_postprocessing", "decide_postprocessing", "fill_holes", "keep_largest_component"]
+__all__ = ["Connectivity", "apply_postprocessing", "fill_holes", "keep_largest_component", "neighbourhood"]
 
 Connectivity = Literal["full", "face"]
 
 
-def _structure(ndim: int, connectivity: Connectivity) -> np.ndarray:
+def neighbourhood(ndim: int, connectivity: Connectivity) -> np.ndarray:
     """The neighbourhood of :func:`scipy.ndimage.label`: ``"full"`` (26 neighbours in 3D, 8 in 2D: faces, edges and
     corners) or ``"face"`` (6 in 3D, 4 in 2D)."""
     if connectivity not in ("full", "face"):
@@ -48,7 +46,7 @@ def keep_largest_component(
     """
     labels = np.asarray(labels)
     out = labels.copy()
-    structure = _structure(labels.ndim, connectivity)
+    structure = neighbourhood(labels.ndim, connectivity)
     for label in classes:
         components, count = ndimage.label(labels == label, structure=structure)
         if count > 1:
@@ -72,60 +70,8 @@ def fill_holes(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     return out
 
 
-def decide_postprocessing(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
-    classes: Sequence[int],
-    *,
-    min_gain: float = 0.0,
-    connectivity: Connectivity = "full",
-) -> dict[str, Any]:
-    """Decide, class by class, whether :func:`keep_largest_component` improves the validation predictions.
-
-    ``pairs`` yields ``(prediction, reference)`` label maps of the same shape, one validation case each (in nnU-Net,
-    the predictions of each fold's validation cases, so that every training case is scored once by a model that did
-    not train on it). It may be a generator: cases are read one at a time, and only running sums of Dice are kept.
-
-    For each class, the mean Dice over the cases (:func:`~vesalius.evaluation.segmentation.dice_per_class`; both
-    empty = 1) is compared with and without the largest-component filter applied to that class alone. Since the
-    filter only turns voxels of that class into background, applying it to every class at once gives the same
-    per-class Dice, so each case is filtered once. The filter is enabled for a class when its mean Dice improves by
-    more than ``min_gain`` (a tie keeps it off).
-
-    Returns a JSON-ready dict, to be saved next to the model as ``postprocessing.json``::
-
-        {"keep_largest_component": [enabled classes, in the order of ``classes``],
-         "connectivity": connectivity,
-         "dice_before": {"1": mean Dice, ...}, "dice_after": {"1": ..., ...},
-         "cases": number of cases}
-
-    The Dice keys are strings, so that the dict is unchanged by a JSON round trip.
-    """
-    classes = [int(label) for label in classes]
-    before = dict.fromkeys(classes, 0.0)
-    after = dict.fromkeys(classes, 0.0)
-    cases = 0
-    for prediction, reference in pairs:
-        filtered = keep_largest_component(prediction, classes, connectivity)
-        for label, dice in dice_per_class(prediction, reference, classes).items():
-            before[label] += dice
-        for label, dice in dice_per_class(filtered, reference, classes).items():
-            after[label] += dice
-        cases += 1
-    if cases == 0:
-        raise ValueError("no validation cases to decide the post-processing from")
-    dice_before = {label: before[label] / cases for label in classes}
-    dice_after = {label: after[label] / cases for label in classes}
-    return {
-        "keep_largest_component": [label for label in classes if dice_after[label] - dice_before[label] > min_gain],
-        "connectivity": connectivity,
-        "dice_before": {str(label): dice for label, dice in dice_before.items()},
-        "dice_after": {str(label): dice for label, dice in dice_after.items()},
-        "cases": cases,
-    }
-
-
 def apply_postprocessing(labels: np.ndarray, decision: dict[str, Any]) -> np.ndarray:
-    """Apply a decision of :func:`decide_postprocessing` (or the contents of ``postprocessing.json``) to the label map
+    """Apply a post-processing decision (the contents of ``postprocessing.json``) to the label map
     ``labels`` (``(X, Y[, Z])``, 0 = background), returning a new array.
 
     Keeps the largest component of the classes listed under ``"keep_largest_component"`` (with the decision's

@@ -130,14 +130,15 @@ def _check_ensemble(models: list[TrainedModel]) -> None:
 
 
 def _postprocessing(models: list[TrainedModel]) -> dict | None:
-    decisions = []
+    """The post-processing every fold of the ensemble decided on (the same operations), else None."""
+    applied = []
     for m in models:
         path = m.run_dir / "postprocessing.json"
-        decisions.append(json.loads(path.read_text()) if path.is_file() else None)
-    if any(d is None for d in decisions):
-        return None
-    keys = {json.dumps(d.get("keep_largest_component", []), sort_keys=True) for d in decisions}  # type: ignore[union-attr]
-    return decisions[0] if len(keys) == 1 else None
+        decision = json.loads(path.read_text()) if path.is_file() else None
+        applied.append(
+            decision and {k: decision.get(k) for k in ("keep_largest_component", "connectivity", "fill_holes")}
+        )
+    return applied[0] if applied[0] and all(a == applied[0] for a in applied) else None
 
 
 def predict_files(
