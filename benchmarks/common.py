@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: Dice per class, the one-line JSON report, the shared data folders.
+"""Helpers shared by the benchmark scripts: Dice per class, the JSON report line, shared data, timed commands.
 
 Only the standard library and NumPy, so that every benchmark (and every virtual environment that runs one) can
 import this module.
@@ -6,8 +6,12 @@ import this module.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Mapping
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +69,74 @@ def shared_data(name: str) -> Path | None:
     """The folder ``../shared/data/NAME`` next to the project's root, or None when it is absent."""
     path = REPO_ROOT.parent / "shared" / "data" / name
     return path if path.is_dir() else None
+
+
+def _process_group(pgid: int) -> list[Path]:
+    """The ``/proc`` folders of the live processes in process group ``pgid`` (Linux)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # the process ended while being read
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:  # fields after "(comm)": state ppid pgrp
+                members.append(entry)
+    return members
+
+
+def _pss_bytes(processes: list[Path]) -> int:
+    """Summed proportional set size of ``processes``: pages shared by several count once in all."""
+    total_kb = 0
+    for proc in processes:
+        try:
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+        except (OSError, ValueError):  # the process ended while being read
+            continue
+    return total_kb * 1024
+
+
+def run_measured(
+    cmd: Sequence[str], env: Mapping[str, str] | None = None, interval_s: float = 0.2
+) -> tuple[int, float, int, str]:
+    """Run ``cmd`` in a process group of its own; returns (exit code, wall seconds, peak memory bytes, output).
+
+    Peak memory is the highest summed PSS of the command and every process it started (sampled every
+    ``interval_s``; the process group is listed anew every fourth sample), so a tool that predicts in worker
+    processes is charged for all of them.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        list(cmd),
+        env=dict(env) if env is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        members: list[Path] = []
+        for n in itertools.count():
+            if done.is_set():
+                return
+            if n % 4 == 0:
+                members = _process_group(proc.pid)
+            peak = max(peak, _pss_bytes(members))
+            done.wait(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    return proc.returncode, seconds, peak, output

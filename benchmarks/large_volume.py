@@ -58,7 +58,7 @@ def main() -> None:
     image = Image(array, Geometry((0.8, 0.8, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
-    labels = predict_image(model, image, plan, "3d", autocast_dtype=torch.bfloat16)
+    labels = predict_image(model, image, plan, "3d", precision="bf16")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     assert labels.spatial_shape == image.spatial_shape

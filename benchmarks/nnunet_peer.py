@@ -488,6 +488,13 @@ def nnunet_env(work_dir: Path, venv: Path, torchvision_fix: bool) -> dict[str, s
     return env
 
 
+def peer_environment(work_dir: Path, venv: Path = DEFAULT_VENV, log: Log = _print) -> tuple[Path, dict[str, str]]:
+    """The peer venv's Python (set up when needed) and the environment for nnU-Net commands in ``work_dir``."""
+    python = ensure_peer_venv(venv, log)
+    _write_support_files(work_dir)
+    return python, nnunet_env(work_dir, venv, _needs_torchvision_fix(python))
+
+
 def _write_support_files(work_dir: Path) -> None:
     """The sitecustomize fix and the trainer subclass, into the work dir."""
     (work_dir / "sitefix").mkdir(parents=True, exist_ok=True)
@@ -801,10 +808,7 @@ def run_nnunet(
     if not (data_dir / "dataset.json").is_file():
         raise PeerError(f"{data_dir} is not an MSD data set (no dataset.json)")
     work_dir.mkdir(parents=True, exist_ok=True)
-    python = ensure_peer_venv(Path(venv).resolve(), log)
-    fix = _needs_torchvision_fix(python)
-    _write_support_files(work_dir)
-    env = nnunet_env(work_dir, Path(venv).resolve(), fix)
+    python, env = peer_environment(work_dir, Path(venv).resolve(), log)
     dataset_id, name = dataset_name(data_dir)
 
     raw = convert(data_dir, work_dir, python, env, log)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -304,3 +307,40 @@ def trained(planned: Path):  # type: ignore[no-untyped-def]
     import vesalius
 
     return vesalius.train("ph", "3d", 0, workspace=planned, epochs=4, iterations_per_epoch=15, val_batches=2, threads=2)
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--enable-unsafe-swiftshader",  # software WebGL2 (Chromium 144+ no longer falls back to it by itself)
+    "--disable-background-networking",  # no attempts to reach the internet
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless with software WebGL2, driven by Playwright; skips (saying why) without it."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Chromium is not installed (as root, 'make setup' installs it with apt-get install chromium)")
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        except Error as e:
+            pytest.skip(f"Chromium ({executable}) cannot be launched: {str(e).splitlines()[0]}")
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Folder for test artefacts such as screenshots: ``$VESALIUS_TEST_ARTIFACTS`` or ``build/test-artifacts``."""
+    default = Path(__file__).parents[1] / "build" / "test-artifacts"
+    folder = Path(os.environ.get("VESALIUS_TEST_ARTIFACTS", default))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -304,7 +304,7 @@ def test_medmnist_npz_3d(tmp_path, workspace):
     [
         ({"train_images": np.zeros((2, 4, 4), np.uint8)}, "no 'train_labels'"),
         ({"x": np.zeros(3)}, "no '<split>_images'"),
-        ({"train_images": np.zeros((2, 4, 4), np.uint8), "train_labels": np.zeros((2, 3))}, "multi-label"),
+        ({"train_images": np.zeros((2, 4, 4), np.uint8), "train_labels": np.full((2, 3), 2)}, "0/1 flag per label"),
         ({"train_images": np.zeros((2, 4, 4), np.uint8), "train_labels": np.zeros(3)}, "2 images but 3 labels"),
     ],
 )

@@ -28,7 +28,7 @@ from vesalius.evaluation.classification import (
     expected_calibration_error,
     roc_auc,
 )
-from vesalius.evaluation.evaluate import evaluate_folder
+from vesalius.evaluation.evaluate import evaluate_folder, label_names
 from vesalius.evaluation.segmentation import METRICS, dice_per_class, segmentation_metrics
 from vesalius.io import Geometry, Image, write_image
 
@@ -307,6 +307,19 @@ def test_evaluate_folder_named_labels_and_default_output(folders) -> None:
     result = evaluate_folder(pred_dir, ref_dir, labels={2: "vessel"})
     assert set(result["metrics"]) == {"vessel"} and (pred_dir / "summary.json").is_file()
     assert len((pred_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_label_names_from_each_kind_of_source(tmp_path: Path) -> None:
+    msd, nnunet, run = tmp_path / "msd.json", tmp_path / "nnunet", tmp_path / "run"
+    msd.write_text(json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}))
+    nnunet.mkdir()
+    (nnunet / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "Anterior": 1, "Posterior": 2}}))
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps({"labels": {"0": "background", "1": "organ"}}))
+    assert label_names(msd) == label_names(nnunet) == {1: "Anterior", 2: "Posterior"}
+    assert label_names(run) == {1: "organ"}
+    with pytest.raises(VesaliusError, match="no label names"):
+        label_names(tmp_path / "missing", workspace=tmp_path)
 
 
 def test_evaluate_folder_errors(folders, tmp_path: Path) -> None:

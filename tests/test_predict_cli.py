@@ -39,18 +39,18 @@ def test_predict_folder_then_evaluate(trained, planned, tmp_path, capsys):
         assert pred.spatial_shape == image.spatial_shape
         assert pred.geometry.differences(image.geometry) == []
     capsys.readouterr()
-    assert main(["evaluate", str(out), str(refs)]) == 0
+    assert main(["evaluate", str(out), str(refs), "--labels", "ph", "--workspace", str(planned)]) == 0
     printed = capsys.readouterr().out
-    assert "1: Dice" in printed
+    assert "organ: Dice" in printed and "lesion: Dice" in printed
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    organ = [float(r["dice"]) for r in rows if r["label"] in ("organ", "1")]
+    organ = [float(r["dice"]) for r in rows if r["name"] == "organ"]
     assert len(organ) == len(_val_cases(trained)) and min(organ) > 0.6
     # The same figures as the training's own validation of the fold (after the post-processing it decided on).
     decision = json.loads((trained.run_dir / "postprocessing.json").read_text())
     assert decision["dice_before"]["1"] == pytest.approx(trained.validation["dice"]["organ"], abs=1e-9)
     expected = decision["dice_after" if 1 in decision["keep_largest_component"] else "dice_before"]["1"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"]["1"]["dice"]["mean"] == pytest.approx(expected, abs=1e-6)
+    assert summary["metrics"]["organ"]["dice"]["mean"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_predict_single_file_fast_with_probabilities(trained, planned, tmp_path):
@@ -93,6 +93,7 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path, capsys):
     assert main(["demo", "--cases", "10", "--time-budget", "6s", "-w", str(ws)]) == 0
     printed = capsys.readouterr().out
     assert "validation Dice" in printed and "evaluation organ: Dice" in printed
+    assert f"report: {ws.absolute() / 'reports' / 'demo_phantom.html'}" in printed
     predictions = ws / "predictions" / "demo_phantom"
     assert (predictions / "metrics.csv").is_file() and (predictions / "measurements.csv").is_file()
     summary = json.loads((predictions / "summary.json").read_text())

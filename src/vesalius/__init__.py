@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["import_dataset", "plan", "preprocess", "train", "verify"]
+__all__ = ["import_dataset", "plan", "preprocess", "train", "train_classifier", "verify"]
 
 
 def import_dataset(source: Any, name: str, **kwargs: Any) -> Any:
@@ -59,6 +59,7 @@ def train(
     force: bool = False,
     validate: bool = True,
     show_progress: bool = False,
+    report: bool = True,
     **settings: Any,
 ) -> Any:
     """Train one fold (or ``"all"``) and, for a fold, score its validation cases on their original grids.
@@ -66,6 +67,8 @@ def train(
     ``settings`` are :class:`vesalius.training.TrainingConfig` fields (``epochs``, ``time_budget_s``, ``lr``,
     ...). Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of
     :func:`vesalius.evaluation.cross_validation.validate_fold` (``None`` for ``"all"`` or ``validate=False``).
+    With ``report``, the run folder then gets ``report.html`` (:func:`vesalius.reporting.report.build_report`); a
+    failure to write it is a warning, never a lost run.
     """
     from vesalius.training import TrainingConfig, train_segmentation
 
@@ -75,4 +78,45 @@ def train(
         from vesalius.evaluation.cross_validation import validate_fold
 
         result.validation = validate_fold(result.run_dir, workspace, device=cfg.device)
+    if report:
+        from vesalius.reporting.report import build_report_or_warn
+
+        build_report_or_warn(result.run_dir, workspace=workspace)
+    return result
+
+
+def train_classifier(
+    name: str,
+    fold: int | str = "auto",
+    workspace: Any = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    validate: bool = True,
+    show_progress: bool = False,
+    report: bool = True,
+    **settings: Any,
+) -> Any:
+    """Train a classifier on a classification data set's split and score its validation cases.
+
+    ``fold``: ``"auto"`` (the source's official train/val split, else fold 0), ``"official"``, 0-4 (stratified
+    folds) or ``"all"``. ``settings`` are :class:`vesalius.training.classification_config.ClassificationConfig`
+    fields (``network``, ``epochs``, ``time_budget_s``, ``lr``, ``balance``, ...). Returns a
+    :class:`vesalius.training.classification.ClassificationResult` whose ``validation`` holds the metrics of
+    :func:`vesalius.evaluation.classification_eval.validate_classifier` (``None`` without validation cases or with
+    ``validate=False``); with ``report``, the run folder gets ``report.html`` (a failure is only a warning).
+    """
+    from vesalius.training.classification import train_classification
+    from vesalius.training.classification_config import ClassificationConfig
+
+    cfg = ClassificationConfig(dataset=name, fold=fold, **settings)
+    result = train_classification(cfg, workspace, resume=resume, force=force, show_progress=show_progress)
+    if validate:
+        from vesalius.evaluation.classification_eval import validate_classifier
+
+        result.validation = validate_classifier(result.run_dir, workspace, device=cfg.device)
+    if report:
+        from vesalius.reporting.report import build_report_or_warn
+
+        build_report_or_warn(result.run_dir, workspace=workspace)
     return result

@@ -76,6 +76,9 @@ def import_cmd(
     modality: Annotated[
         str | None, typer.Option(help="Modality per channel, comma-separated (e.g. CT or FLAIR,T1c).")
     ] = None,
+    targets: Annotated[
+        str, typer.Option(help="Classification targets: auto, binary, multiclass, multilabel or ordinal.")
+    ] = "auto",
     force: Annotated[bool, typer.Option(help="Import despite errors, leaving out broken cases.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a data set of the same name.")] = False,
     workspace: WorkspaceOption = None,
@@ -97,6 +100,7 @@ def import_cmd(
                 labels_dir=labels,
                 label_threshold=threshold,  # type: ignore[arg-type]
                 modalities=modality.split(",") if modality else None,
+                target_type=targets,
                 workspace=workspace,
                 force=force,
                 overwrite=overwrite,
@@ -178,17 +182,40 @@ def preprocess(
 
 @app.command()
 def train(
-    name: Annotated[str, typer.Argument(help="Planned segmentation data set name in the workspace.")],
-    config: Annotated[str, typer.Option(help="Plan configuration: 3d or 2d.")] = "3d",
-    fold: Annotated[str, typer.Option(help="Cross-validation fold 0-4, or 'all' (every case, no validation).")] = "0",
+    name: Annotated[str, typer.Argument(help="Data set name in the workspace (segmentation: planned).")],
+    config: Annotated[str, typer.Option(help="Segmentation plan configuration: 3d or 2d.")] = "3d",
+    fold: Annotated[
+        str | None,
+        typer.Option(
+            help="Fold 0-4, 'all' (every case, no validation), or 'official' (classification: the source's "
+            "train/val split). Default: 0; classification: the official split where there is one."
+        ),
+    ] = None,
+    task: Annotated[str, typer.Option(help="auto (the data set's), segmentation or classification.")] = "auto",
+    network: Annotated[
+        str | None, typer.Option(help="Classification: cnn, resnet18, resnet50 or densenet121 (default: planned).")
+    ] = None,
+    balance: Annotated[
+        str | None, typer.Option(help="Classification imbalance: none, weights or sampling (default: planned).")
+    ] = None,
+    early_stopping: Annotated[
+        int | None, typer.Option(help="Classification: stop after N epochs without a better validation AUC.")
+    ] = None,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="Classification: start from these weights (a state-dict file you supply).")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: from the plan's budget).")] = None,
     iters_per_epoch: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
     time_budget: Annotated[
         str | None, typer.Option(help="Wall budget of the training loop, e.g. 30m (default: the plan's).")
     ] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd (Nesterov, poly decay) or adamw.")] = "sgd",
+    optimizer: Annotated[
+        str | None, typer.Option(help="sgd or adamw (default: sgd; classification: the plan's).")
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Initial learning rate (default per optimizer).")] = None,
-    schedule: Annotated[str, typer.Option(help="Learning-rate decay: poly or cosine.")] = "poly",
+    schedule: Annotated[
+        str | None, typer.Option(help="Decay: poly, cosine, or step (classification); default: poly / the plan's.")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the plan's).")] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
@@ -198,13 +225,43 @@ def train(
     validate: Annotated[bool, typer.Option(help="Predict and score the fold's validation cases at the end.")] = True,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Train a U-Net on one fold of a planned data set (checkpoints, logs and progress.png in the run folder)."""
+    """Train a U-Net on a fold of a planned data set, or a classifier on a classification data set (checkpoints,
+    logs and progress.png in the run folder)."""
     import vesalius
+    from vesalius.data.dataset import dataset_task
+    from vesalius.workspace import Workspace
 
+    budget = parse_duration(time_budget) if time_budget else None
+    if dataset_task(Workspace.resolve(workspace).dataset_dir(name), task) == "classification":
+        trained = vesalius.train_classifier(
+            name,
+            fold="auto" if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold)),
+            workspace=workspace,
+            resume=resume,
+            force=force,
+            validate=validate,
+            show_progress=err.is_terminal,
+            network=network,
+            epochs=epochs,
+            time_budget_s=budget,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            schedule=schedule,
+            balance=balance,
+            early_stopping=early_stopping,
+            pretrained=str(pretrained) if pretrained else None,
+            precision=precision,
+            device=device,
+            seed=seed,
+        )
+        _print_classification(trained)
+        return
+    defaults = {"optimizer": optimizer, "schedule": schedule}
     result = vesalius.train(
         name,
         config=config,
-        fold=fold if fold == "all" else _fold_number(fold),
+        fold=0 if fold is None else (fold if fold == "all" else _fold_number(fold)),
         workspace=workspace,
         resume=resume,
         force=force,
@@ -212,14 +269,13 @@ def train(
         show_progress=err.is_terminal,
         epochs=epochs,
         iterations_per_epoch=iters_per_epoch,
-        time_budget_s=parse_duration(time_budget) if time_budget else None,
-        optimizer=optimizer,
+        time_budget_s=budget,
         lr=lr,
-        schedule=schedule,
         batch_size=batch_size,
         precision=precision,
         device=device,
         seed=seed,
+        **{k: v for k, v in defaults.items() if v is not None},
     )
     out.print(
         f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s -> "
@@ -235,6 +291,8 @@ def train(
             markup=False,
             highlight=False,
         )
+    if (result.run_dir / "report.html").is_file():
+        out.print(f"report: {result.run_dir / 'report.html'}", markup=False, highlight=False)
 
 
 @app.command()
@@ -248,12 +306,29 @@ def predict(
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
     checkpoint: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    postprocess: Annotated[
+        bool, typer.Option(help="Apply the post-processing decided on the validation folds.")
+    ] = True,
+    fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Fill the holes of every class.")] = False,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the CPU has it natively, as in training), fp32, bf16 or fp16.")
+    ] = "auto",
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Classification: Grad-CAM overlays (PNG; 3D: slices and a NIfTI map).")
+    ] = False,
 ) -> None:
-    """Segment images with a trained model; the output has each input's shape, spacing, origin and direction."""
+    """Segment images with a trained model (each output on its input's grid), or classify them with a trained
+    classifier (a CSV of class probabilities)."""
+    from vesalius.inference.classify import classify_files, is_classification_model
     from vesalius.inference.predictor import predict_files
 
     def report(case) -> None:  # type: ignore[no-untyped-def]
         err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
+
+    if is_classification_model(model):
+        table = classify_files(input, output, model, checkpoint=checkpoint, explain=explain, device=device)
+        out.print(f"class probabilities written to {table}", markup=False, highlight=False)
+        return
 
     written = predict_files(
         input,
@@ -263,6 +338,9 @@ def predict(
         probabilities=probabilities,
         checkpoint=checkpoint,
         device=device,
+        postprocess=postprocess,
+        fill_holes=fill_holes,
+        precision=precision,
         on_case=report,
     )
     out.print(f"{len(written)} segmentation(s) written to {written[0].parent}", markup=False, highlight=False)
@@ -270,18 +348,38 @@ def predict(
 
 @app.command()
 def evaluate(
-    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
-    references: Annotated[Path, typer.Argument(help="Folder of reference label maps (same names).")],
+    predictions: Annotated[
+        Path, typer.Argument(help="Folder of predicted label maps, or a classification predictions CSV.")
+    ],
+    references: Annotated[
+        Path, typer.Argument(help="Folder of reference label maps (same names); for a CSV, the data set's name.")
+    ],
     tolerance_mm: Annotated[float, typer.Option(help="Tolerance of the normalised surface Dice, mm.")] = 1.0,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Folder for metrics.csv and summary.json (default: PREDICTIONS)."),
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Label names from a dataset.json, a data set's name or a run folder (default: values)."),
+    ] = None,
+    workspace: WorkspaceOption = None,
 ) -> None:
-    """Dice, IoU, HD95, ASSD, surface Dice, precision, recall, volumes per case and class (distances in mm)."""
-    from vesalius.evaluation.evaluate import evaluate_folder
+    """Dice, IoU, HD95, ASSD, surface Dice, precision, recall, volumes per case and class (distances in mm); for a
+    predictions CSV: accuracy, balanced accuracy, AUC, F1, sensitivity, specificity, confusion matrix, ECE and
+    bootstrap 95% intervals (summary.json)."""
+    from vesalius.evaluation.evaluate import evaluate_folder, label_names
 
-    summary = evaluate_folder(predictions, references, tolerance_mm=tolerance_mm, output_dir=output)
+    if predictions.suffix.lower() == ".csv":
+        from vesalius.evaluation.classification_eval import evaluate_predictions_csv
+
+        scores = evaluate_predictions_csv(predictions, str(references), workspace, output_dir=output)
+        _print_classification_metrics(scores, "predictions")
+        out.print(f"metrics written to {output or predictions.parent}", markup=False, highlight=False)
+        return
+
+    names = label_names(labels, workspace) if labels else None
+    summary = evaluate_folder(predictions, references, names, tolerance_mm=tolerance_mm, output_dir=output)
     for name, metrics in summary["metrics"].items():
         out.print(
             f"{name}: Dice {_number(metrics['dice']['mean'], '.3f')}, "
@@ -329,6 +427,129 @@ def measure(
     if output:
         written = result.write_json(output) if output.suffix.lower() == ".json" else result.write_csv(output)
         out.print(f"written to {written}", markup=False, highlight=False)
+
+
+@app.command()
+def overlay(
+    image: Annotated[Path, typer.Argument(help="The image (file or DICOM folder).")],
+    seg: Annotated[Path, typer.Argument(help="Segmentation (label map) on the image's grid.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.")],
+    reference: Annotated[Path | None, typer.Option(help="Reference label map, drawn as outlines.")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="CT window: lung, mediastinum, abdomen, liver, brain, bone, or LEVEL,WIDTH.")
+    ] = None,
+    percentiles: Annotated[str, typer.Option(help="Without --window: LOW,HIGH percentiles of non-zero voxels.")] = (
+        "1,99"
+    ),
+    slice_index: Annotated[
+        int | None, typer.Option("--slice", help="3D: the axial slice (last array axis) to show.")
+    ] = None,
+    label: Annotated[int | None, typer.Option(help="3D: centre on the largest part of this label.")] = None,
+    montage: Annotated[int, typer.Option(help="3D: show N axial slices across the segmentation instead.")] = 0,
+    alpha: Annotated[float, typer.Option(help="Opacity of the segmentation fill.")] = 0.5,
+    size: Annotated[int, typer.Option(help="Longest panel side, pixels.")] = 256,
+) -> None:
+    """Draw a segmentation (and a reference) over an image: three planes through the largest lesion, or a montage."""
+    from vesalius.io import read_image
+    from vesalius.reporting.overlay import focus_point, parse_window, render_overlay
+
+    try:
+        low, high = (float(v) for v in percentiles.split(","))
+    except ValueError:
+        raise VesaliusError(f"--percentiles '{percentiles}'", remedy="give two numbers, e.g. 1,99") from None
+    picture, segmentation = read_image(image), read_image(seg)
+    ref = read_image(reference) if reference else None
+    point = None
+    if slice_index is not None and picture.ndim == 3:
+        if not 0 <= slice_index < picture.spatial_shape[2]:
+            raise VesaliusError(f"--slice {slice_index} is outside 0-{picture.spatial_shape[2] - 1}")
+        centre = focus_point(segmentation.array[0], label)
+        point = (centre[0], centre[1], slice_index)
+    result = render_overlay(
+        picture,
+        segmentation,
+        ref,
+        window=parse_window(window),
+        percentiles=(low, high),
+        point=point,
+        focus_label=label,
+        montage=montage,
+        alpha=alpha,
+        size=size,
+    )
+    out.print(f"overlay written to {result.save(output)}", markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(help="Run folder (runs/NAME/CONFIG/fold_K) or evaluation folder.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The HTML file (default: SOURCE/report.html).")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Evaluation folders: the images the predictions were made from.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write one self-contained HTML report (pictures embedded; opens without network)."""
+    from vesalius.reporting.report import build_report
+
+    path = build_report(source, output, workspace=workspace, images=images)
+    out.print(f"report written to {path}", markup=False, highlight=False)
+
+
+@app.command()
+def view(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="A workspace folder (default: the workspace), or images/folders.")
+    ] = None,
+    seg: Annotated[Path | None, typer.Option(help="Prediction: a file, or a folder matched by case id.")] = None,
+    ref: Annotated[Path | None, typer.Option(help="Reference: a file, or a folder matched by case id.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8765,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Browse cases and metrics in a local web viewer (NiiVue): overlays, three planes, 3D, window/level."""
+    from vesalius.viewer.app import NIIVUE_BUNDLE, create_app, install_hint, serve
+    from vesalius.viewer.cases import collect_cases
+    from vesalius.workspace import Workspace
+
+    cases = collect_cases(list(paths) if paths else [Workspace.resolve(workspace).root], seg, ref)
+    if not NIIVUE_BUNDLE.is_file():
+        err.print(f"warning: NiiVue is not installed, the page cannot draw images: {install_hint()}", markup=False)
+    serve(
+        create_app(cases),
+        host,
+        port,
+        on_ready=lambda url: out.print(f"Vesalius viewer: {url} ({len(cases)} cases; Ctrl+C stops)", markup=False),
+    )
+
+
+def _print_classification(result) -> None:  # type: ignore[no-untyped-def]
+    best = ""
+    if result.best_epoch is not None:
+        best = f", best validation AUC {result.best_auc:.3f} at epoch {result.best_epoch}"
+    out.print(
+        f"trained {result.epochs} epochs ({result.iterations} iterations, stopped by {result.stopped}) in "
+        f"{result.elapsed_s:.0f} s{best} -> {result.run_dir}",
+        markup=False,
+        highlight=False,
+    )
+    if result.validation:
+        _print_classification_metrics(result.validation, "validation")
+
+
+def _print_classification_metrics(summary: dict, what: str) -> None:
+    text = f"{what} ({summary['n']} cases): accuracy {summary['accuracy']:.3f}, AUC {summary['auc']:.3f}"
+    if summary.get("accuracy_ci") and summary.get("auc_ci"):
+        a, u = summary["accuracy_ci"], summary["auc_ci"]
+        text += f" (95% CI accuracy {a[0]:.3f}-{a[1]:.3f}, AUC {u[0]:.3f}-{u[1]:.3f})"
+    if "balanced_accuracy" in summary:
+        text += (
+            f", balanced accuracy {summary['balanced_accuracy']:.3f}, F1 {summary['f1_macro']:.3f}, "
+            f"ECE {summary['ece']:.3f}"
+        )
+    out.print(text, markup=False, highlight=False)
 
 
 def _number(value: float | None, spec: str) -> str:

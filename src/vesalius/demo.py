@@ -3,8 +3,9 @@
 It generates the phantom data sets (3D segmentation, MSD layout; 2D classification, class folders), imports and
 verifies them, plans and preprocesses the segmentation set, trains fold 0 for a short wall budget (validating it
 on its held-out cases), predicts those cases with ``vesalius predict``'s code path into
-``predictions/demo_phantom/``, measures the first prediction (volumes, components, centroids) and evaluates all
-of them against their references. Each later step of the pipeline adds itself here.
+``predictions/demo_phantom/``, measures the first prediction (volumes, components, centroids), evaluates all
+of them against their references, and writes the HTML report of the run to ``reports/demo_phantom.html``. Each
+later step of the pipeline adds itself here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vesalius.data.importers import import_dataset
 from vesalius.data.synthetic import write_classification_dataset, write_segmentation_dataset
 from vesalius.planning.planner import plan_dataset
 from vesalius.preprocessing.pipeline import preprocess_dataset
+from vesalius.reporting.report import build_report_or_warn
 from vesalius.workspace import Workspace
 
 DEMO_SEGMENTATION = "demo_phantom"
@@ -54,12 +56,16 @@ def run_demo(
     )
     folder = preprocess_dataset(DEMO_SEGMENTATION, "3d", ws)
     echo(f"preprocessed '{DEMO_SEGMENTATION}' (3d) -> {folder}")
-    _train_predict_evaluate(ws, result[DEMO_SEGMENTATION], time_budget_s, echo)
+    run_dir = _train_predict_evaluate(ws, result[DEMO_SEGMENTATION], time_budget_s, echo)
+    report = build_report_or_warn(run_dir, ws.root / "reports" / f"{DEMO_SEGMENTATION}.html", workspace=ws)
     echo(f"demo finished; workspace: {ws.root}")
+    if report is not None:
+        echo(f"report: {report} (open it in a browser; 'vesalius view -w {ws.root}' browses the cases)")
     return result
 
 
-def _train_predict_evaluate(ws: Workspace, dataset: Dataset, time_budget_s: float, echo: Callable[[str], None]) -> None:
+def _train_predict_evaluate(ws: Workspace, dataset: Dataset, time_budget_s: float, echo: Callable[[str], None]) -> Path:
+    """Train fold 0, validate it, predict and measure its validation cases; returns the run folder."""
     import shutil
 
     from vesalius.evaluation.cross_validation import validate_fold
@@ -98,6 +104,7 @@ def _train_predict_evaluate(ws: Workspace, dataset: Dataset, time_budget_s: floa
     for name, metrics in summary["metrics"].items():
         echo(f"  evaluation {name}: Dice {metrics['dice']['mean']:.3f} over {summary['num_cases']} cases")
     echo(f"metrics -> {predictions / 'metrics.csv'}, {predictions / 'summary.json'}")
+    return run.run_dir
 
 
 def _names(dataset: Dataset) -> dict[int, str]:

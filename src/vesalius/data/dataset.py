@@ -19,6 +19,8 @@ from vesalius.io import Image, read_image
 from vesalius.io.atomic import write_bytes_atomic
 
 Task = Literal["segmentation", "classification"]
+TargetType = Literal["binary", "multiclass", "multilabel", "ordinal"]
+TARGET_TYPES: tuple[str, ...] = ("binary", "multiclass", "multilabel", "ordinal")
 SCHEMA_VERSION = 1
 
 
@@ -31,7 +33,8 @@ class Case:
         images: image files (one per channel, or one multi-channel file such as an RGB picture); relative to
             the data set root unless absolute.
         label: segmentation label file (segmentation tasks).
-        target: class index (classification tasks).
+        target: classification tasks: the class index (binary, multi-class, ordinal), or for multi-label data one
+            0/1 flag per label (``[0, 1, 0, ...]``, as long as the data set's ``labels``).
         split: a split that came with the source (``"train"``, ``"val"``, ``"test"``), if any.
         source: where the case came from (file paths or ``file.npz:train[12]``), for messages and provenance.
     """
@@ -39,7 +42,7 @@ class Case:
     case_id: str
     images: list[str]
     label: str | None = None
-    target: int | None = None
+    target: int | list[int] | None = None
     split: str | None = None
     source: list[str] = field(default_factory=list)
 
@@ -61,6 +64,8 @@ class Dataset:
             normalisation.
         notes: conversions applied on import (label thresholds, channel splits), for the record.
         stray_files: files in the source that belong to no case (reported by verification).
+        target_type: classification tasks: ``"binary"``, ``"multiclass"``, ``"multilabel"`` (several labels per
+            case, ChestMNIST-style) or ``"ordinal"`` (ordered grades, RetinaMNIST-style); ``None`` for segmentation.
     """
 
     name: str
@@ -74,6 +79,7 @@ class Dataset:
     modalities: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stray_files: list[str] = field(default_factory=list)
+    target_type: TargetType | None = None
 
     def path(self, relative: str) -> Path:
         """Absolute path of a case file."""
@@ -132,6 +138,16 @@ class Dataset:
         if "vesalius_dataset" not in raw:
             raise VesaliusError("not a Vesalius data set description", path, "import it with 'vesalius import'")
         return cls.from_json(raw, root=Path(folder))
+
+
+def dataset_task(folder: str | Path, requested: str = "auto") -> Task:
+    """The task of the data set in ``folder``, checked against ``requested`` (``"auto"`` takes the data set's)."""
+    task = Dataset.load(folder).task
+    if requested not in ("auto", task):
+        raise VesaliusError(
+            f"the data set is a {task} data set, not {requested}", Path(folder), f"use --task {task} or auto"
+        )
+    return task
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

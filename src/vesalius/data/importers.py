@@ -9,8 +9,13 @@ Layouts (``layout="auto"`` picks one from what it finds):
   be a DICOM series folder.
 * ``classes``: one sub-folder per class holding the images.
 * ``csv``: a CSV with an image path column and a class column (paths relative to the CSV).
-* ``npz``: MedMNIST ``.npz`` (``{split}_images``, ``{split}_labels``; 2D, 2D RGB or 3D; labels ``(N,)`` or
-  ``(N, 1)``).
+* ``npz``: MedMNIST ``.npz`` (``{split}_images``, ``{split}_labels``; 2D, 2D RGB or 3D, any size; labels ``(N,)``
+  or ``(N, 1)``, or ``(N, L)`` 0/1 flags for multi-label sets such as ChestMNIST). The file's splits (``train``,
+  ``val``, ``test``) are kept as the cases' official split.
+
+Classification targets are ``binary``, ``multiclass``, ``multilabel`` or ``ordinal`` (:data:`TARGET_TYPES`):
+``target_type="auto"`` takes multi-label from ``(N, L)`` labels, ordinal for RetinaMNIST (whose grades are ordered,
+:data:`ORDINAL_MEDMNIST`), binary for two classes and multi-class otherwise.
 
 The copy in the workspace uses the nnU-Net v2 layout (``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``):
 NIfTI keeps the geometry of every source format. Sources are only read, never changed. The copy is built in a
@@ -32,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vesalius.data.dataset import Case, Dataset, Task
+from vesalius.data.dataset import TARGET_TYPES, Case, Dataset, Task
 from vesalius.data.verify import Problem, VerificationReport, verify_dataset
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix, write_image
@@ -44,6 +49,8 @@ IMAGE_DIRS = ("images", "imagesTr", "image", "imgs")
 LABEL_DIRS = ("labels", "labelsTr", "masks", "mask", "label", "segmentations", "gt", "ground_truth")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _STRAY = re.compile(r"^(\._.*|\.DS_Store|Thumbs\.db|desktop\.ini)$")
+#: MedMNIST sets whose classes are ordered grades (file name prefixes), imported as ordinal targets.
+ORDINAL_MEDMNIST = ("retinamnist",)
 
 
 @dataclass
@@ -80,6 +87,7 @@ def import_dataset(
     labels_dir: str | None = None,
     label_threshold: LabelThreshold = "auto",
     modalities: list[str] | None = None,
+    target_type: str = "auto",
     workspace: str | Path | Workspace | None = None,
     force: bool = False,
     overwrite: bool = False,
@@ -95,6 +103,7 @@ def import_dataset(
         label_threshold: for ``pairs``, binarise labels as ``value >= threshold``; ``"auto"`` does so at 128
             for 8-bit masks whose maximum is 255 (the usual 0/255 mask pictures); ``None`` keeps values.
         modalities: one per channel (``"CT"``, ``"MRI"``, ...), overriding what the source says.
+        target_type: classification data: ``"auto"`` or one of :data:`TARGET_TYPES` (see the module docstring).
         workspace: the workspace (default ``$VESALIUS_HOME`` or ``./vesalius_work``).
         force: import even when verification finds errors (cases that cannot be read are left out).
         overwrite: replace an existing data set of that name.
@@ -112,18 +121,24 @@ def import_dataset(
     target = ws.dataset_dir(name)
     if not source.exists():
         raise VesaliusError("source not found", source, "check the path")
+    if target_type != "auto" and target_type not in TARGET_TYPES:
+        raise VesaliusError(
+            f"unknown target type '{target_type}'", remedy=f"use auto or one of {', '.join(TARGET_TYPES)}"
+        )
     if target.exists() and not overwrite:
         raise VesaliusError(f"data set '{name}' already exists", target, "choose another name or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=target.parent))
     try:
         if (layout == "auto" and source.suffix.lower() == ".npz") or layout == "npz":
-            dataset, problems, origin = _convert_npz(source, name, staging)
+            dataset, problems, origin = _convert_npz(source, name, staging, target_type)
         else:
             scan = scan_source(source, layout, labels_dir)
             if modalities:
                 scan.modalities = list(modalities)
             dataset, problems, origin = _convert(scan, source, name, staging, label_threshold, on_case)
+            if dataset.task == "classification":
+                dataset.target_type = _target_type(target_type, len(dataset.labels), multilabel=False, source=source)
         report = verify_dataset(dataset)
         report.problems = problems + [_to_source(p, origin) for p in report.problems]
         if report.errors and not force:
@@ -514,7 +529,25 @@ def _convert_label(
     return rel, values, threshold is not None
 
 
-def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[Problem], dict[str, str]]:
+def _target_type(requested: str, num_classes: int, *, multilabel: bool, source: Path) -> str:
+    """The target type of a classification source: the requested one (checked), or the one its data imply."""
+    if requested == "auto":
+        if multilabel:
+            return "multilabel"
+        if source.name.lower().startswith(ORDINAL_MEDMNIST):
+            return "ordinal"
+        return "binary" if num_classes <= 2 else "multiclass"
+    if (requested == "multilabel") != multilabel:
+        found = "one flag per label" if multilabel else "one class per case"
+        raise VesaliusError(f"--targets {requested} does not fit the source ({found})", source, "use --targets auto")
+    if requested == "binary" and num_classes > 2:
+        raise VesaliusError(f"{num_classes} classes are not binary", source, "use --targets multiclass or ordinal")
+    return requested
+
+
+def _convert_npz(
+    source: Path, name: str, staging: Path, target_type: str = "auto"
+) -> tuple[Dataset, list[Problem], dict[str, str]]:
     """MedMNIST ``.npz``: every sample of every split becomes a NIfTI file (unit spacing)."""
     try:
         data = np.load(source)
@@ -526,6 +559,7 @@ def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[
     (staging / "imagesTr").mkdir()
     cases: list[Case] = []
     ndim, rgb, classes = None, False, set()
+    num_flags: int | None = None  # multi-label: labels per case
     for split in splits:
         images, key = data[f"{split}_images"], f"{split}_labels"
         if key not in data.files:
@@ -533,12 +567,16 @@ def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[
         targets = data[key]
         if targets.ndim == 2 and targets.shape[1] == 1:
             targets = targets[:, 0]
-        if targets.ndim != 1:
-            raise VesaliusError(
-                f"'{key}' has shape {targets.shape}: multi-label data is not supported",
-                source,
-                "use a single-label MedMNIST set",
-            )
+        if targets.ndim == 2:
+            if not np.isin(targets, (0, 1)).all() or num_flags not in (None, targets.shape[1]):
+                raise VesaliusError(
+                    f"'{key}' has shape {targets.shape} but is not one 0/1 flag per label like the other splits",
+                    source,
+                    "give (N,) class indices or (N, L) 0/1 multi-label flags",
+                )
+            num_flags = targets.shape[1]
+        elif targets.ndim != 1:
+            raise VesaliusError(f"'{key}' has shape {targets.shape}", source, "expected (N,), (N, 1) or (N, L)")
         if len(targets) != len(images):
             raise VesaliusError(f"{len(images)} images but {len(targets)} labels in split '{split}'", source)
         rgb = images.ndim == 4 and images.shape[-1] == 3
@@ -556,8 +594,9 @@ def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[
                 rel = f"imagesTr/{case_id}_{c:04d}.nii.gz"
                 write_image(Image(np.ascontiguousarray(array[c : c + 1]), Geometry.default(ndim)), staging / rel)
                 files.append(rel)
-            target = int(targets[i])
-            classes.add(target)
+            target: int | list[int] = int(targets[i]) if targets.ndim == 1 else [int(t) for t in targets[i]]
+            if isinstance(target, int):
+                classes.add(target)
             cases.append(Case(case_id, files, None, target, split, [f"{source}:{split}[{i}]"]))
     channels = ["R", "G", "B"] if rgb else ["image"]
     dataset = Dataset(
@@ -565,10 +604,11 @@ def _convert_npz(source: Path, name: str, staging: Path) -> tuple[Dataset, list[
         task="classification",
         spatial_dims=ndim or 2,
         channels=channels,
-        labels={c: str(c) for c in sorted(classes)},
+        labels={c: str(c) for c in (range(num_flags) if num_flags else sorted(classes))},
         cases=cases,
         source={"path": str(source), "layout": "npz"},
         root=staging,
         modalities=["RGB"] * 3 if rgb else ["8bit"],
     )
+    dataset.target_type = _target_type(target_type, len(dataset.labels), multilabel=bool(num_flags), source=source)
     return dataset, [], {}

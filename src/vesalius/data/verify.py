@@ -141,7 +141,11 @@ def _check_case(ds: Dataset, case: Case, atol: float) -> Iterable[Problem]:
                 for d in _grid_differences(image, reference[1], atol)
             )
     if ds.task == "classification":
-        if case.target is None or case.target not in ds.labels:
+        if ds.target_type == "multilabel":
+            flags = case.target
+            if not isinstance(flags, list) or len(flags) != len(ds.labels) or not set(flags) <= {0, 1}:
+                yield problem("error", ds.image_paths(case)[0], f"target {flags} is not {len(ds.labels)} 0/1 flags")
+        elif case.target is None or case.target not in ds.labels:
             yield problem("error", ds.image_paths(case)[0], f"class {case.target} not among {sorted(ds.labels)}")
         return
     label_path = ds.label_path(case)

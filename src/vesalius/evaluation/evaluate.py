@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,35 @@ from vesalius.errors import VesaliusError
 from vesalius.evaluation.segmentation import METRICS, SegmentationScores, segmentation_metrics, volume_unit
 from vesalius.io import IMAGE_SUFFIXES, Image, image_suffix, read_image, strip_suffix
 from vesalius.io.atomic import write_bytes_atomic
+from vesalius.workspace import Workspace
 
-__all__ = ["evaluate_folder"]
+__all__ = ["evaluate_folder", "label_names"]
+
+
+def label_names(source: str | Path, workspace: str | Path | Workspace | None = None) -> dict[int, str]:
+    """The foreground labels ``{value: name}`` named by ``source``.
+
+    ``source`` is a ``dataset.json`` (Vesalius, MSD or nnU-Net v2: ``{"1": "liver"}`` or ``{"liver": 1}``), a folder
+    holding one or a ``plan.json`` (a data set, a training run), or the name of a data set in the workspace.
+    """
+    path = Path(source)
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:  # a data set's name
+        path = Workspace.resolve(workspace).dataset_dir(str(source))
+    if path.is_dir():
+        path = next((path / f for f in ("dataset.json", "plan.json") if (path / f).is_file()), path / "dataset.json")
+    try:
+        declared = json.loads(path.read_text())["labels"]
+        if all(str(k).lstrip("-").isdigit() for k in declared):
+            names = {int(k): str(v) for k, v in declared.items()}
+        else:
+            names = {int(v): str(k) for k, v in declared.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise VesaliusError(
+            "no label names found (no readable dataset.json or plan.json with 'labels')",
+            path,
+            "give a dataset.json, a data set's name, or a training run folder",
+        ) from None
+    return {value: name for value, name in sorted(names.items()) if value != 0}
 
 
 def evaluate_folder(

@@ -17,6 +17,7 @@ from torch import nn
 
 from vesalius.inference.sliding_window import predict_probabilities
 from vesalius.io import Image
+from vesalius.precision import autocast_dtype
 from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
 
 
@@ -30,7 +31,7 @@ def predict_image(
     step: float = 0.5,
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
-    autocast_dtype: torch.dtype | None = None,
+    precision: str = "auto",
     return_probabilities: bool = False,
 ) -> Image | tuple[Image, Image]:
     """Segment ``image`` with ``model`` trained on plan configuration ``config``.
@@ -49,7 +50,8 @@ def predict_image(
         step: window step as a fraction of the patch (0.5: windows overlap by half).
         batch_size: windows (or slices) per forward pass; ``None`` takes the configuration's training batch size.
         device: where the model runs.
-        autocast_dtype: optional :func:`torch.autocast` dtype, e.g. ``torch.bfloat16``.
+        precision: ``"auto"`` (bf16 autocast on CPUs with native bf16 and on CUDA, else float32), ``"fp32"``,
+            ``"bf16"`` or ``"fp16"`` (CUDA); see :mod:`vesalius.precision`.
         return_probabilities: also return the class probabilities.
 
     Returns:
@@ -70,7 +72,7 @@ def predict_image(
             mirror_axes=tuple(configuration.get("mirror_axes", ())) if mirror_axes is None else tuple(mirror_axes),
             batch_size=batch_size or int(configuration.get("batch_size", 1)),
             device=device,
-            autocast_dtype=autocast_dtype,
+            autocast_dtype=autocast_dtype(precision, torch.device(device)),
             slice_axis=configuration.get("slice_axis") if len(patch_size) < image.ndim else None,
         )
         for m in models

@@ -4,10 +4,11 @@ Inputs: an image file; a DICOM series folder (a folder holding ``.dcm`` files an
 image files, one case per file, or for multi-channel models one file per channel named ``CASE_0000``,
 ``CASE_0001``, ... (nnU-Net's convention). Models: a fold's run folder (``runs/NAME/CONFIG/fold_K``) or a
 configuration folder holding several folds (all folds with a final checkpoint form an ensemble: their softmax
-probabilities are averaged). Outputs: each case's label map in the input's format (NIfTI for a DICOM series) and
-on its grid, named after the case; optionally the probabilities (``CASE_probabilities.nii.gz``, one channel per
-class). The post-processing decided on the folds' validation cases (``postprocessing.json``) is applied when all
-folds of the ensemble decided the same.
+probabilities are averaged). Outputs: each case's label map in the input's format and on its grid, named after the
+case (for a DICOM series a NIfTI file and a DICOM-SEG, ``CASE_seg.dcm``, referencing the series); optionally the
+probabilities (``CASE_probabilities.nii.gz``, one channel per class). The post-processing decided on the folds'
+validation cases (``postprocessing.json``) is applied when all folds of the ensemble decided the same
+(``postprocess=False`` leaves it out); ``fill_holes`` adds hole filling of every class.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def _output_path(output: Path, case: InputCase, single: bool) -> Path:
     return output / f"{case.case_id}{case.suffix}"
 
 
+def _write_seg(labels: Image, case: InputCase, path: Path, names: dict[str, str]) -> None:
+    """The label map of a DICOM series case as a DICOM-SEG of that series."""
+    from vesalius.io.dicom import list_series
+    from vesalius.io.dicom_seg import write_dicom_seg
+
+    (series,) = list_series(case.files[0])  # read_image has read exactly one series from this folder
+    write_dicom_seg(labels, series.files, path, {int(k): v for k, v in names.items()})
+
+
 def _check_ensemble(models: list[TrainedModel]) -> None:
     first = models[0]
     for other in models[1:]:
@@ -136,7 +146,8 @@ def _postprocessing(models: list[TrainedModel]) -> dict | None:
         path = m.run_dir / "postprocessing.json"
         decision = json.loads(path.read_text()) if path.is_file() else None
         applied.append(
-            decision and {k: decision.get(k) for k in ("keep_largest_component", "connectivity", "fill_holes")}
+            decision
+            and {k: decision[k] for k in ("keep_largest_component", "connectivity", "fill_holes") if decision.get(k)}
         )
     return applied[0] if applied[0] and all(a == applied[0] for a in applied) else None
 
@@ -150,13 +161,18 @@ def predict_files(
     probabilities: bool = False,
     checkpoint: str = "final",
     device: str = "cpu",
+    postprocess: bool = True,
+    fill_holes: bool = False,
+    precision: str = "auto",
     on_case: Callable[[InputCase], None] | None = None,
 ) -> list[Path]:
     """Predict every case in ``source`` into ``output``; returns the written label files (see the module docstring).
 
     ``fast``: no mirroring and a larger window step (:data:`FAST_STEP`); ``probabilities``: also write the class
-    probabilities. ``output`` is a file path when ``source`` is one case and ``output`` has an image suffix,
-    otherwise a folder (created).
+    probabilities; ``postprocess``: apply the post-processing decided on the folds' validation cases;
+    ``fill_holes``: then fill the holes of every class; ``precision``: ``auto`` (bf16 on CPUs that have it natively,
+    see :mod:`vesalius.precision`), ``fp32``, ``bf16`` or ``fp16`` (CUDA). ``output`` is a file path when ``source``
+    is one case and ``output`` has an image suffix, otherwise a folder (created).
     """
     models = [load_model(run, checkpoint, device) for run in find_runs(model)]
     _check_ensemble(models)
@@ -164,7 +180,9 @@ def predict_files(
     cases = list_inputs(source, len(first.plan["channels"]))
     output = Path(output)
     single = len(cases) == 1
-    postprocessing = _postprocessing(models)
+    postprocessing = (_postprocessing(models) if postprocess else None) or {}
+    if fill_holes:
+        postprocessing["fill_holes"] = sorted(int(k) for k in first.plan["labels"] if int(k) != 0)
     written = []
     for case in cases:
         start = time.perf_counter()
@@ -189,6 +207,7 @@ def predict_files(
             mirror_axes=() if fast else None,
             step=FAST_STEP if fast else 0.5,
             device=device,
+            precision=precision,
             return_probabilities=probabilities,
         )
         labels, probs = result if isinstance(result, tuple) else (result, None)
@@ -198,6 +217,8 @@ def predict_files(
             labels = labels.with_array(apply_postprocessing(labels.array[0], postprocessing)[None])
         path = _output_path(output, case, single)
         written.append(write_image(labels, path))
+        if case.files[0].is_dir():  # a DICOM series: also a DICOM-SEG that references it
+            _write_seg(labels, case, path.parent / f"{case.case_id}_seg.dcm", first.plan["labels"])
         if probs is not None:
             write_image(probs, path.parent / f"{case.case_id}_probabilities.nii.gz")
         case.seconds = time.perf_counter() - start

@@ -335,6 +335,7 @@ def write_dicom_series(
         "0008|103e": description.replace("\\", "/")[:64],  # Series Description
         "0020|000d": study_uid,
         "0020|000e": series_uid,
+        "0020|0052": str(generate_uid()),  # Frame of Reference UID: the slices share one patient frame
         "0020|0011": "1",  # Series Number
         "0008|0012": date,  # Instance Creation Date/Time
         "0008|0013": time,

@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from vesalius.errors import VesaliusError
+from vesalius.precision import PRECISIONS
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainingConfig"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 #: Default learning rate per optimizer (nnU-Net's SGD; AdamW as commonly used for U-Nets).
 DEFAULT_LR = {"sgd": 1e-2, "adamw": 2e-3}

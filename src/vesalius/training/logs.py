@@ -26,13 +26,20 @@ class TrainingLog:
         class_names: foreground class names, for the Dice columns ``dice_NAME``.
         rows: rows of earlier epochs (from a checkpoint, when resuming).
         tensorboard: write TensorBoard events.
+        metrics: the validation columns to plot instead of the Dice columns (classification: ``val_auc``, ...).
     """
 
     def __init__(
-        self, folder: Path, class_names: Sequence[str], rows: Sequence[dict[str, float]] = (), tensorboard: bool = True
+        self,
+        folder: Path,
+        class_names: Sequence[str],
+        rows: Sequence[dict[str, float]] = (),
+        tensorboard: bool = True,
+        metrics: Sequence[str] = (),
     ) -> None:
         self.folder = folder
         self.class_names = list(class_names)
+        self.metrics = list(metrics)
         self.rows: list[dict[str, float]] = [dict(r) for r in rows]
         self._writer: Any = None
         if tensorboard:
@@ -58,7 +65,7 @@ class TrainingLog:
         self.plot()
 
     def plot(self) -> None:
-        """``progress.png``: losses, pseudo-Dice per class and learning rate against the epoch."""
+        """``progress.png``: losses, pseudo-Dice per class (or the ``metrics``) and learning rate against the epoch."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -71,14 +78,16 @@ class TrainingLog:
             axes[0].plot(epochs, [r.get("val_loss", float("nan")) for r in self.rows], label="validation loss")
         axes[0].set_ylabel("loss")
         axes[0].legend()
-        for name in self.class_names:
-            key = f"dice_{name}"
+        curves = [(key, key) for key in self.metrics] or [(f"dice_{name}", name) for name in self.class_names]
+        for key, label in curves:
             if any(key in r for r in self.rows):
-                axes[1].plot(epochs, [r.get(key, float("nan")) for r in self.rows], label=name)
-        if any("dice_mean" in r for r in self.rows):
+                axes[1].plot(epochs, [r.get(key, float("nan")) for r in self.rows], label=label)
+        if self.metrics:
+            axes[1].legend()
+        elif any("dice_mean" in r for r in self.rows):
             axes[1].plot(epochs, [r.get("dice_mean", float("nan")) for r in self.rows], "k--", label="mean")
             axes[1].legend()
-        axes[1].set_ylabel("validation pseudo-Dice")
+        axes[1].set_ylabel("validation" if self.metrics else "validation pseudo-Dice")
         axes[1].set_ylim(0, 1)
         axes[2].plot(epochs, [r["lr"] for r in self.rows])
         axes[2].set_ylabel("learning rate")

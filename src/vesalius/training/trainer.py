@@ -41,13 +41,14 @@ from vesalius.data.splits import load_or_create_splits
 from vesalius.errors import VesaliusError
 from vesalius.models import build_network
 from vesalius.planning.planner import load_plan
+from vesalius.precision import autocast_dtype, memory_format
 from vesalius.training.checkpoint import load_checkpoint, save_checkpoint
 from vesalius.training.config import TrainingConfig
 from vesalius.training.logs import TrainingLog
 from vesalius.training.schedule import learning_rate, progress
 from vesalius.workspace import Workspace
 
-__all__ = ["TrainingResult", "autocast_dtype", "train_segmentation"]
+__all__ = ["ProgressBar", "TrainingResult", "autocast_dtype", "resumed_config", "step_seed", "train_segmentation"]
 
 #: Settings a resumed run may change; everything else must match the saved ``training.json``.
 RESUMABLE_OVERRIDES = ("epochs", "time_budget_s", "lr", "precision", "device", "threads")
@@ -69,30 +70,8 @@ class TrainingResult:
     validation: dict[str, Any] | None = None
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device (``None``: fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise VesaliusError("fp16 training needs a CUDA device", remedy="use --precision bf16 or fp32 on a CPU")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if _cpu_has_native_bf16() else None
-
-
-def _step_seed(seed: int, iteration: int) -> int:
+def step_seed(seed: int, iteration: int) -> int:
+    """The seed of training step ``iteration`` of a run seeded with ``seed`` (batch sampling, augmentation)."""
     return int(np.random.SeedSequence((seed, iteration)).generate_state(1)[0])
 
 
@@ -114,10 +93,7 @@ class _Run:
         self.num_classes = len(plan["labels"])
         torch.manual_seed(cfg.seed)
         self.model = build_network(self.plan_config, len(plan["channels"]), self.num_classes).to(self.device)
-        if self.dtype is not None and self.device.type == "cpu":
-            self.memory_format = torch.channels_last_3d if self.spatial_dims == 3 else torch.channels_last
-        else:
-            self.memory_format = torch.contiguous_format
+        self.memory_format = memory_format(self.dtype, self.device, self.spatial_dims)
         self.model = self.model.to(memory_format=self.memory_format)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -191,7 +167,7 @@ class _Run:
     def train_step(self, iteration: int, lr: float) -> float:
         images, segs = self.sampler.sample(iteration)
         x, y = self._to_device(images, segs)
-        x, y = self.augmenter(x, y, _step_seed(self.cfg.seed, iteration))
+        x, y = self.augmenter(x, y, step_seed(self.cfg.seed, iteration))
         x = x.contiguous(memory_format=self.memory_format)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -280,14 +256,20 @@ def _prepare_data(cfg: TrainingConfig, ws: Workspace, plan: dict[str, Any]) -> t
     return folder, splits[int(cfg.fold)]
 
 
-def _resumed_config(cfg: TrainingConfig, run_dir: Path) -> TrainingConfig:
+def resumed_config(cfg: Any, run_dir: Path, resumable: Sequence[str] = RESUMABLE_OVERRIDES) -> Any:
+    """The settings saved in ``run_dir/training.json``, with the ``resumable`` ones that ``cfg`` changes.
+
+    ``cfg`` is a settings dataclass with ``dataset``, ``to_dict`` and ``from_dict`` (:class:`TrainingConfig` or a
+    classification config); the result has its type.
+    """
     path = run_dir / "training.json"
     if not path.is_file():
         raise VesaliusError("nothing to resume", run_dir, "start the run without --resume")
-    saved = TrainingConfig.from_dict(json.loads(path.read_text())["training"])
-    given, default = cfg.to_dict(), TrainingConfig(cfg.dataset).to_dict()
+    kind = type(cfg)
+    saved = kind.from_dict(json.loads(path.read_text())["training"])
+    given, default = cfg.to_dict(), kind(cfg.dataset).to_dict()
     # A setting left at its default was not given: the saved value stands (the CLI passes every default).
-    changes = {k: given[k] for k in RESUMABLE_OVERRIDES if given[k] != default[k]}
+    changes = {k: given[k] for k in resumable if given[k] != default[k]}
     return replace(saved, **changes)
 
 
@@ -315,7 +297,7 @@ def train_segmentation(
     run_dir = ws.run_dir(cfg.dataset, cfg.config, cfg.fold)
     plan = load_plan(cfg.dataset, ws)
     if resume:
-        cfg = _resumed_config(cfg, run_dir)
+        cfg = resumed_config(cfg, run_dir)
     elif (run_dir / "training.json").exists() and not force:
         raise VesaliusError("a run exists here", run_dir, "continue it with --resume, or start over with --force")
     cfg = cfg.resolve(plan)
@@ -357,7 +339,7 @@ def _loop(run: _Run, log: TrainingLog, show_progress: bool, callbacks: Sequence[
     cfg = run.cfg
     total = cfg.total_iterations
     budget = cfg.time_budget_s
-    bar = _ProgressBar(total, budget, enabled=show_progress)
+    bar = ProgressBar(total, budget, enabled=show_progress)
     bar.update(run.iteration, run.elapsed_s, run.rows[-1] if run.rows else {})
     with bar:
         while run.iteration < total and not (budget and run.elapsed_s >= budget):
@@ -400,12 +382,23 @@ def _loop(run: _Run, log: TrainingLog, show_progress: bool, callbacks: Sequence[
                 callback(row)
 
 
-class _ProgressBar:
-    """A Rich progress bar over iterations with the latest loss, mean pseudo-Dice and the time left."""
+class ProgressBar:
+    """A Rich progress bar over iterations with the latest loss, a validation figure and the time left.
 
-    def __init__(self, total: int, budget: float | None, enabled: bool) -> None:
+    ``metric`` is the log-row key shown under the name ``metric_label`` (default: the mean pseudo-Dice).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        budget: float | None,
+        enabled: bool,
+        metric: str = "dice_mean",
+        metric_label: str = "Dice",
+    ) -> None:
         self.total = total
         self.budget = budget
+        self.metric = metric
         self.dice = float("nan")
         self.progress: Any = None
         if enabled:
@@ -414,12 +407,13 @@ class _ProgressBar:
             self.progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
-                TextColumn("it {task.completed}/{task.total}  loss {task.fields[loss]}  Dice {task.fields[dice]}"),
+                TextColumn("it {task.completed}/{task.total}  loss {task.fields[loss]}"),
+                TextColumn(f"{metric_label} {{task.fields[dice]}}"),
                 TextColumn("left {task.fields[left]}"),
             )
             self.task = self.progress.add_task("train", total=total, loss="-", dice="-", left="-")
 
-    def __enter__(self) -> _ProgressBar:
+    def __enter__(self) -> ProgressBar:
         if self.progress is not None:
             self.progress.__enter__()
         return self
@@ -431,7 +425,7 @@ class _ProgressBar:
     def update(self, iteration: int, elapsed_s: float, row: dict[str, float]) -> None:
         if self.progress is None:
             return
-        self.dice = row.get("dice_mean", self.dice)
+        self.dice = row.get(self.metric, self.dice)
         left = (self.total - iteration) * elapsed_s / iteration if iteration else float("inf")
         if self.budget:
             left = min(left, max(0.0, self.budget - elapsed_s))

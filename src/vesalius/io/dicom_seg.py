@@ -1,0 +1,98 @@
+"""Label maps as DICOM Segmentation objects (DICOM-SEG), so that a prediction on a DICOM series goes back to PACS,
+3D Slicer or OHIF as DICOM, referencing the series it was made from.
+
+Built with highdicom (which validates the object against the standard); one binary segment per label, frames
+stored only where a segment is present. The label map must lie on the grid that :func:`read_dicom_series` gives
+for the series: array axes ``(X, Y, Z)`` = (columns, rows, slices), slice ``k`` being the ``k``-th file in GDCM's
+slice order (:attr:`~vesalius.io.dicom.SeriesInfo.files`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vesalius.errors import VesaliusError
+from vesalius.io.atomic import atomic_path
+from vesalius.io.image import Image
+
+__all__ = ["write_dicom_seg"]
+
+
+def write_dicom_seg(
+    labels: Image,
+    series_files: Sequence[str | Path],
+    path: str | Path,
+    label_names: Mapping[int, str],
+    *,
+    description: str = "Vesalius segmentation",
+) -> Path:
+    """Write the label map ``labels`` (``(1, X, Y, Z)``, integer) as a DICOM-SEG of the series ``series_files``.
+
+    Args:
+        labels: the label map on the series' grid (see the module docstring); 0 is background.
+        series_files: the source series' files in slice order (one per slice along ``Z``).
+        path: the file to write (atomically).
+        label_names: ``{value: name}`` of the foreground labels; each becomes a segment (numbered 1, 2, ... in
+            the order of the values) with the name as its label.
+        description: the SEG's SeriesDescription.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        VesaliusError: the label map does not match the series' slices, rows or columns.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from vesalius import __version__
+
+    sources = [pydicom.dcmread(str(f)) for f in series_files]
+    mask = np.asarray(labels.array)[0]
+    rows, columns = int(sources[0].Rows), int(sources[0].Columns)
+    if mask.ndim != 3 or mask.shape != (columns, rows, len(sources)):
+        raise VesaliusError(
+            f"label map of shape {mask.shape} does not fit the series ({columns} columns, {rows} rows, "
+            f"{len(sources)} slices)",
+            series_files[0],
+            "predict on the series itself",
+        )
+    values = sorted(v for v in label_names if v != 0)
+    frames = np.stack([np.transpose(mask == v, (2, 1, 0)) for v in values], axis=-1)  # (slices, rows, cols, segs)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="Vesalius", version=__version__, family=codes.cid7162.ArtificialIntelligence
+    )
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=str(label_names[value])[:64],
+            segmented_property_category=codes.cid7150.Tissue,
+            segmented_property_type=codes.cid7150.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, value in enumerate(values, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="Vesalius",
+        manufacturer_model_name="Vesalius",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=description[:64],
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return path

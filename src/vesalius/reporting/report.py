@@ -1,0 +1,600 @@
+"""One self-contained HTML report of a training run or an evaluation folder (pictures embedded, no network).
+
+Sources:
+
+- a **segmentation run** folder (``runs/NAME/CONFIG/fold_K``, with ``training.json``): the data set (from the
+  workspace the run lies in), the plan and training settings, learning curves from ``log.csv``, and the fold's
+  validation predictions (``validation/CASE.EXT``) scored against the data set's references on their original
+  grids;
+- an **evaluation** folder (``metrics.csv`` and ``summary.json`` of
+  :func:`vesalius.evaluation.evaluate.evaluate_folder`):
+  the predictions and references named in its summary, and optionally a folder of the images;
+- a **classification run** folder (``training.json`` whose ``task`` is ``"classification"``): learning curves, and
+  from ``validation/predictions.csv`` (a ``case_id`` column and one ``p_NAME`` column per class in class order, as
+  ``vesalius predict`` writes it; the true classes from a ``target`` column, else from the data set) the metrics of
+  :func:`vesalius.evaluation.classification.classification_metrics`, the confusion matrix,
+  one-vs-rest ROC curves and a calibration plot; the PNG files in ``validation/gradcam/`` form a Grad-CAM gallery.
+
+Segmentation reports show per-class metric tables (mean, median, standard deviation over the cases) and box plots,
+the best, median and worst case by mean Dice over the classes as overlays (:mod:`vesalius.reporting.overlay`), and
+their measurements (volumes, connected components). Every section is present; one without data says why.
+Only the report file is written (atomically); sources are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesalius.errors import VesaliusError
+from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix
+from vesalius.io.atomic import write_bytes_atomic
+
+__all__ = ["SECTIONS", "build_report", "build_report_or_warn"]
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("dataset", "plan", "training", "metrics", "cases", "measurements"),
+    "evaluation": ("dataset", "metrics", "cases", "measurements"),
+    "classification": ("dataset", "plan", "training", "classification", "gradcam"),
+}
+"""The ``id`` of each ``<section>`` of a report, by kind of source."""
+
+_TABLE_METRICS = ("dice", "iou", "hd95", "assd", "surface_dice", "precision", "recall")
+_BOX_METRICS = ("dice", "hd95", "surface_dice")
+
+
+@dataclass
+class _Case:
+    """A scored case: its files and ``scores[label name][metric]``."""
+
+    case_id: str
+    prediction: Path
+    reference: Path | None
+    image: Path | None
+    scores: dict[str, dict[str, float]]
+
+    @property
+    def mean_dice(self) -> float:
+        values = [s["dice"] for s in self.scores.values() if not math.isnan(s["dice"])]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def build_report(
+    source: str | Path,
+    output: str | Path | None = None,
+    *,
+    workspace: str | Path | None = None,
+    images: str | Path | None = None,
+) -> Path:
+    """Write the HTML report of ``source`` (a run folder or an evaluation folder) and return its path.
+
+    Args:
+        source: a run folder (``training.json``) or an evaluation folder (``metrics.csv`` + ``summary.json``).
+        output: the HTML file; ``SOURCE/report.html`` by default.
+        workspace: the workspace of a run (default: the one the run folder lies in, else ``$VESALIUS_HOME``).
+        images: evaluation folders: the folder of the images the predictions were made from (files named by case
+            id), drawn under the overlays.
+
+    Raises:
+        VesaliusError: ``source`` is neither kind of folder, or its files are unreadable.
+    """
+    source = Path(source)
+    output = source / "report.html" if output is None else Path(output)
+    if (source / "training.json").is_file():
+        training = _read_json(source / "training.json")
+        if training.get("task", training.get("training", {}).get("task")) == "classification":
+            context = _classification_context(source, training, workspace)
+        else:
+            context = _segmentation_run_context(source, training, workspace)
+    elif (source / "metrics.csv").is_file() and (source / "summary.json").is_file():
+        context = _evaluation_context(source, None if images is None else Path(images))
+    else:
+        raise VesaliusError(
+            "neither a run folder (training.json) nor an evaluation folder (metrics.csv, summary.json)",
+            source,
+            "give a fold folder such as runs/NAME/3d/fold_0, or the output folder of 'vesalius evaluate'",
+        )
+    context["generated"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    context["source"] = str(source.absolute())
+    context["sections"] = SECTIONS[context["kind"]]
+    write_bytes_atomic(output, _render(context).encode("utf-8"))
+    return output
+
+
+def build_report_or_warn(source: str | Path, output: str | Path | None = None, **kwargs: Any) -> Path | None:
+    """:func:`build_report`, but any failure becomes a warning and ``None``: for the end of training and the demo,
+    where the report is a by-product that must never cost the result it describes."""
+    try:
+        return build_report(source, output, **kwargs)
+    except Exception as e:
+        warnings.warn(f"{source}: the report could not be written ({type(e).__name__}: {e})", stacklevel=2)
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise VesaliusError(f"cannot read JSON ({e})", path, "check the file") from None
+
+
+def _workspace_of(run_dir: Path, workspace: str | Path | None) -> Any:
+    """The workspace of a run: given, else the one ``runs/NAME/CONFIG/fold_K`` lies in, else the default."""
+    from vesalius.workspace import Workspace
+
+    if workspace is not None:
+        return Workspace.resolve(workspace)
+    parents = run_dir.absolute().parents
+    if len(parents) > 3 and parents[2].name == "runs":
+        return Workspace(parents[3])
+    return Workspace.default()
+
+
+def _dataset(ws: Any, name: str) -> Any:
+    """The imported data set ``name``, or ``None`` when the workspace does not hold it."""
+    from vesalius.data.dataset import Dataset
+
+    folder = ws.dataset_dir(name)
+    return Dataset.load(folder) if (folder / "dataset.json").is_file() else None
+
+
+def _dataset_rows(dataset: Any, split: dict[str, list[str]] | None) -> list[tuple[str, str]]:
+    rows = [
+        ("name", dataset.name),
+        ("task", dataset.task),
+        ("dimensions", f"{dataset.spatial_dims}D"),
+        ("cases", str(len(dataset.cases))),
+        ("channels", ", ".join(dataset.channels)),
+        ("modalities", ", ".join(dataset.modalities) or "-"),
+        ("labels", ", ".join(f"{k}: {v}" for k, v in sorted(dataset.labels.items()))),
+        ("source", f"{dataset.source.get('layout', '')} {dataset.source.get('path', '')}".strip() or "-"),
+    ]
+    if split is not None:
+        rows.append(("this fold", f"{len(split.get('train', []))} training, {len(split.get('val', []))} validation"))
+    return rows
+
+
+def _settings_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(key, _short(value)) for key, value in settings.items() if value is not None]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _segmentation_run_context(run_dir: Path, training: dict[str, Any], workspace: str | Path | None) -> dict:
+    from vesalius.evaluation.segmentation import segmentation_metrics
+
+    settings = training.get("training", {})
+    ws = _workspace_of(run_dir, workspace)
+    dataset = _dataset(ws, settings.get("dataset", ""))
+    plan = _read_json(run_dir / "plan.json") if (run_dir / "plan.json").is_file() else {}
+    names = {int(k): v for k, v in plan.get("labels", {}).items() if int(k) != 0}
+    cases: list[_Case] = []
+    notes = []
+    validation = run_dir / "validation"
+    if dataset is None:
+        notes.append(f"the data set '{settings.get('dataset')}' is not in the workspace {ws.root}: no scores")
+    else:
+        names = names or {k: v for k, v in dataset.labels.items() if k != 0}
+        for case_id in training.get("split", {}).get("val", []):
+            prediction = _case_file(validation, case_id)
+            case = dataset.case(case_id)
+            reference = dataset.label_path(case)
+            if prediction is None or reference is None or not reference.exists():
+                continue
+            pred, ref = read_image(prediction), read_image(reference)
+            scores = segmentation_metrics(pred.array[0], ref.array[0], names, ref.geometry.spacing)
+            image = dataset.image_paths(case)[0]
+            cases.append(_Case(case_id, prediction, reference, image, {names[k]: dict(s) for k, s in scores.items()}))
+        if not cases:
+            notes.append(f"no validation predictions in {validation}")
+    return {
+        "kind": "segmentation",
+        "title": f"{settings.get('dataset', run_dir.name)} {settings.get('config', '')} fold {settings.get('fold')}",
+        "dataset_rows": _dataset_rows(dataset, training.get("split")) if dataset else [],
+        "plan_rows": _settings_rows(training.get("plan_configuration", {})),
+        "normalization": _short(plan.get("normalization", "-")),
+        "training_rows": _settings_rows(settings),
+        "curves": _curves(run_dir / "log.csv"),
+        **_scores_context(cases, names, tolerance_mm=1.0),
+        "notes": notes,
+    }
+
+
+def _evaluation_context(folder: Path, images: Path | None) -> dict:
+    summary = _read_json(folder / "summary.json")
+    names = {int(k): v for k, v in summary.get("labels", {}).items()}
+    pred_dir, ref_dir = Path(summary.get("pred_dir", folder)), Path(summary.get("ref_dir", folder))
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            scores.setdefault(row["case"], {})[row["name"]] = {k: _float(v) for k, v in row.items() if k in _NUMERIC}
+    notes = [] if images else ["no image folder given (--images DIR): overlays are drawn on a black background"]
+    cases = []
+    for case_id, case_scores in scores.items():
+        prediction = _case_file(pred_dir, case_id)
+        if prediction is None:
+            notes.append(f"{case_id}: no prediction file in {pred_dir}")
+            continue
+        image = _case_file(images, case_id) if images else None
+        cases.append(_Case(case_id, prediction, _case_file(ref_dir, case_id), image, case_scores))
+    measurements = folder / "measurements.csv"
+    return {
+        "kind": "evaluation",
+        "title": f"evaluation of {pred_dir.name}",
+        "dataset_rows": [
+            ("predictions", str(pred_dir)),
+            ("references", str(ref_dir)),
+            ("cases", str(summary.get("num_cases", len(cases)))),
+            ("labels", ", ".join(f"{k}: {v}" for k, v in sorted(names.items()))),
+            ("volume unit", summary.get("volume_unit", "")),
+        ],
+        **_scores_context(cases, names, tolerance_mm=summary.get("tolerance_mm", 1.0)),
+        "measurement_file": _csv_table(measurements) if measurements.is_file() else None,
+        "notes": notes,
+    }
+
+
+_NUMERIC = {*_TABLE_METRICS, "volume_pred", "volume_ref", "volume_difference"}
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def _case_file(folder: Path | None, case_id: str) -> Path | None:
+    """The image file of ``case_id`` in ``folder`` (any format; ``CASE`` or the first channel ``CASE_0000``)."""
+    if folder is None or not folder.is_dir():
+        return None
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and image_suffix(path) and strip_suffix(path) in (case_id, f"{case_id}_0000"):
+            return path
+    return None
+
+
+def _csv_table(path: Path, limit: int = 50) -> dict[str, Any]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return {
+        "name": path.name,
+        "header": rows[0] if rows else [],
+        "rows": rows[1 : limit + 1],
+        "more": len(rows) > limit + 1,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+
+
+def _scores_context(cases: list[_Case], names: dict[int, str], tolerance_mm: float) -> dict[str, Any]:
+    """Metric tables, box plots, best/median/worst overlays and measurements of scored cases."""
+    if not cases:
+        return {"metric_table": [], "boxplots": [], "shown_cases": [], "measurements": [], "case_table": []}
+    label_names = list(names.values())
+    table = []
+    for name in label_names:
+        row: dict[str, Any] = {"name": name}
+        for metric in _TABLE_METRICS:
+            values = np.array([c.scores[name][metric] for c in cases if name in c.scores], dtype=float)
+            kept = values[~np.isnan(values)]
+            row[metric] = (
+                f"{np.mean(kept):.3f} / {np.median(kept):.3f} / {np.std(kept):.3f}" if kept.size else "n/a"
+            ) + (f" ({values.size - kept.size} NaN)" if kept.size < values.size else "")
+        table.append(row)
+    ranked = sorted((c for c in cases if not math.isnan(c.mean_dice)), key=lambda c: c.mean_dice)
+    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]} if ranked else {}
+    shown, measurements = [], []
+    for role in ("best", "median", "worst"):
+        if role not in picks:
+            continue
+        case = picks[role]
+        overlay, measured = _case_pictures(case, names)
+        shown.append({"role": role, "case": case.case_id, "dice": f"{case.mean_dice:.3f}", "png": overlay})
+        for row in measured:
+            measurements.append({"case": case.case_id, "role": role, **row})
+    case_table = [
+        {
+            "case": c.case_id,
+            "mean_dice": c.mean_dice,
+            **{n: c.scores.get(n, {}).get("dice", float("nan")) for n in label_names},
+        }
+        for c in sorted(cases, key=lambda c: c.case_id)
+    ]
+    return {
+        "metric_table": table,
+        "metric_columns": _TABLE_METRICS,
+        "tolerance_mm": tolerance_mm,
+        "boxplots": [_boxplot(cases, label_names, metric) for metric in _BOX_METRICS],
+        "shown_cases": shown,
+        "measurements": measurements,
+        "case_table": case_table,
+        "label_names": label_names,
+    }
+
+
+def _case_pictures(case: _Case, names: dict[int, str]) -> tuple[str, list[dict[str, Any]]]:
+    """The overlay of a case (data URI) and its measurements, one row per label of prediction and reference."""
+    from vesalius.evaluation.measure import measure_segmentation
+    from vesalius.reporting.overlay import render_overlay
+
+    prediction = read_image(case.prediction)
+    reference = read_image(case.reference) if case.reference else None
+    image = read_image(case.image) if case.image else None
+    if image is None or image.spatial_shape != prediction.spatial_shape:
+        image = Image(np.zeros((1, *prediction.spatial_shape), np.float32), prediction.geometry)
+    overlay = render_overlay(image, prediction, reference, labels=names)
+    rows = []
+    for what, seg in (("prediction", prediction), ("reference", reference)):
+        if seg is None:
+            continue
+        measured = measure_segmentation(_on_grid(seg, image.geometry), labels=names)
+        for row in measured.label_rows():
+            rows.append(
+                {
+                    "of": what,
+                    "label": row["name"],
+                    "size": f"{row[measured.size_column]:.3g} {measured.unit}",
+                    "components": row["components"],
+                }
+            )
+    return _data_uri(overlay.png()), rows
+
+
+def _on_grid(seg: Image, geometry: Geometry) -> Image:
+    """``seg`` with ``geometry`` (the prediction's grid; an image of the same shape may carry rounding noise)."""
+    return Image(np.rint(seg.array).astype(np.int32), geometry)
+
+
+# ------------------------------------------------------------------------------------------------ classification
+
+
+def _classification_context(run_dir: Path, training: dict[str, Any], workspace: str | Path | None) -> dict:
+    from vesalius.evaluation.classification import classification_metrics
+
+    settings = training.get("training", {})
+    ws = _workspace_of(run_dir, workspace)
+    dataset = _dataset(ws, settings.get("dataset", ""))
+    notes, figures, metrics_rows, cm = [], [], [], None
+    predictions = run_dir / "validation" / "predictions.csv"
+    case_ids: list[str] = []
+    if predictions.is_file():
+        try:
+            case_ids, y, p, class_names = _read_probabilities(predictions, dataset)
+        except VesaliusError as e:
+            notes.append(f"no metrics: {e.one_line()}")
+    else:
+        notes.append(f"no validation predictions ({predictions}): no metrics")
+    if case_ids:
+        metrics = classification_metrics(y, p, bootstrap=200)
+        metrics_rows = [
+            (key, _fmt_metric(value))
+            for key, value in metrics.items()
+            if key not in ("confusion_matrix",) and not key.endswith("_per_class")
+        ]
+        metrics_rows += [
+            (f"{key} ({name})", _fmt_metric(v))
+            for key in ("sensitivity_per_class", "specificity_per_class", "auc_per_class")
+            for name, v in zip(class_names, metrics[key], strict=True)
+        ]
+        cm = {"names": class_names, "rows": metrics["confusion_matrix"]}
+        figures = [
+            ("confusion matrix", _confusion_png(np.asarray(metrics["confusion_matrix"]), class_names)),
+            ("ROC curves (one class against the rest)", _roc_png(y, p, class_names)),
+            ("calibration (reliability diagram)", _calibration_png(y, p)),
+        ]
+        notes.append(f"{len(case_ids)} validation cases from {predictions}")
+    gradcam_dir = run_dir / "validation" / "gradcam"
+    gallery = (
+        [{"name": path.stem, "png": _data_uri(path.read_bytes())} for path in sorted(gradcam_dir.glob("*.png"))[:24]]
+        if gradcam_dir.is_dir()
+        else []
+    )
+    return {
+        "kind": "classification",
+        "title": f"{settings.get('dataset', run_dir.name)} classification fold {settings.get('fold', '')}",
+        "dataset_rows": _dataset_rows(dataset, training.get("split")) if dataset else [],
+        "plan_rows": _settings_rows(training.get("network", {})),
+        "normalization": "-",
+        "training_rows": _settings_rows(settings),
+        "curves": _curves(run_dir / "log.csv"),
+        "classification_rows": metrics_rows,
+        "confusion": cm,
+        "classification_figures": [(title, _data_uri(png)) for title, png in figures],
+        "gradcam": gallery,
+        "notes": notes,
+    }
+
+
+def _read_probabilities(path: Path, dataset: Any) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """``(case ids, y_true (N,), probabilities (N, K), class names)`` from a predictions CSV.
+
+    The CSV has a case column (``case_id`` or ``case``) and one ``p_NAME`` (or ``prob_NAME``) column per class in
+    class order; the true class comes from a ``target`` column, else from the data set's cases.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0]) if rows else []
+    columns = [c for c in header if c.startswith(("p_", "prob_"))]
+    case_key = "case_id" if "case_id" in header else "case"
+    if not rows or len(columns) < 2 or case_key not in header:
+        raise VesaliusError("expected a case_id column and one p_NAME column per class", path, "predict again")
+    case_ids = [r[case_key] for r in rows]
+    if "target" in header:
+        targets = [r["target"] for r in rows]
+    elif dataset is not None:
+        targets = [dataset.case(c).target for c in case_ids]
+    else:
+        raise VesaliusError("no target column and no data set to take the true classes from", path)
+    if not all(isinstance(t, int) or (isinstance(t, str) and t.isdigit()) for t in targets):
+        raise VesaliusError("the targets are not single class indices (multi-label?)", path)
+    p = np.array([[float(r[c]) for c in columns] for r in rows])
+    return case_ids, np.array([int(t) for t in targets]), p, [c.split("_", 1)[1] for c in columns]
+
+
+def _fmt_metric(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt_metric(v) for v in value) + "]"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _figure() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    _figure().close(fig)
+    return buffer.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _curves(log_csv: Path) -> str | None:
+    """Learning curves from a ``log.csv`` (losses, other scores, learning rate against the epoch) as a data URI."""
+    if not log_csv.is_file():
+        return None
+    with open(log_csv, newline="", encoding="utf-8") as f:
+        rows = [{k: _float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    if not rows:
+        return None
+    x_key = "epoch" if "epoch" in rows[0] else next(iter(rows[0]))
+    x = [r[x_key] for r in rows]
+    skip = {x_key, "iteration", "elapsed_s", "lr"}
+    groups = {
+        "loss": [k for k in rows[0] if "loss" in k and k not in skip],
+        "score": [k for k in rows[0] if "loss" not in k and k not in skip],
+    }
+    plt = _figure()
+    panels = [g for g in ("loss", "score") if groups[g]] + (["lr"] if "lr" in rows[0] else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        for key in groups.get(panel, ["lr"]):
+            ax.plot(
+                x, [r.get(key, float("nan")) for r in rows], label=key, linestyle="--" if key == "dice_mean" else "-"
+            )
+        ax.set_ylabel({"loss": "loss", "score": "validation score", "lr": "learning rate"}[panel])
+        if panel != "lr":
+            ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel(x_key)
+    fig.tight_layout()
+    return _data_uri(_png(fig))
+
+
+def _boxplot(cases: list[_Case], names: list[str], metric: str) -> dict[str, str]:
+    plt = _figure()
+    data = [
+        [c.scores[n][metric] for c in cases if n in c.scores and not math.isnan(c.scores[n][metric])] for n in names
+    ]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names), 3.2))
+    ax.boxplot([d if d else [float("nan")] for d in data], tick_labels=names)
+    for i, values in enumerate(data, start=1):
+        ax.plot(np.full(len(values), i), values, "o", color="0.3", markersize=3, alpha=0.6)
+    ax.set_title(metric + (" (mm)" if metric in ("hd95", "assd") else ""))
+    fig.tight_layout()
+    return {"metric": metric, "png": _data_uri(_png(fig))}
+
+
+def _confusion_png(cm: np.ndarray, names: list[str]) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(names), 1.2 + 0.9 * len(names)))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), value in np.ndenumerate(cm):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _roc_points(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates ``(M,)`` at every distinct threshold, from ``(0, 0)`` to ``(1, 1)``."""
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # the last case of each distinct score
+    tp, fp = np.cumsum(positive)[last], np.cumsum(~positive)[last]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
+
+
+def _roc_png(y: np.ndarray, p: np.ndarray, names: list[str]) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for k, name in enumerate(names):
+        if len(names) == 2 and k == 0:
+            continue  # binary: the curve of the positive class says it all
+        fpr, tpr = _roc_points(y == k, p[:, k])
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], ":", color="0.5")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _calibration_png(y: np.ndarray, p: np.ndarray, bins: int = 10) -> bytes:
+    """Accuracy against mean top-class confidence in equal-width confidence bins."""
+    confidence, correct = p.max(axis=1), p.argmax(axis=1) == y
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    filled = [b for b in range(bins) if np.any(index == b)]
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], ":", color="0.5")
+    ax.plot(
+        [confidence[index == b].mean() for b in filled],
+        [correct[index == b].mean() for b in filled],
+        "o-",
+        label="model",
+    )
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+
+
+def _render(context: dict[str, Any]) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("vesalius.reporting", "templates"), autoescape=select_autoescape(["html", "j2"])
+    )
+    env.filters["num"] = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+    return env.get_template("report.html.j2").render(**context)

@@ -1,0 +1,164 @@
+"""What the viewer shows: a list of cases, each an image with an optional prediction and reference.
+
+Cases come from a workspace (every imported data set's cases with their reference labels, and for segmentation
+sets the validation predictions and per-case Dice of the first run fold, in name order, that predicted the case)
+or from files (images, with ``--seg`` and ``--ref`` as files or folders matched by case id, i.e. by file name
+without its image suffix). A prediction folder that holds ``metrics.csv`` (from ``vesalius evaluate``) adds each
+case's Dice per class. Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vesalius.errors import VesaliusError
+from vesalius.io import image_suffix, strip_suffix
+
+__all__ = ["ViewerCase", "collect_cases", "file_cases", "workspace_cases"]
+
+
+@dataclass(frozen=True)
+class ViewerCase:
+    """One case of the viewer.
+
+    Attributes:
+        case_id: the case id (file name without suffix).
+        group: where it comes from (data set name, or the folder of the files).
+        image: the image file (first channel file for multi-channel data sets).
+        prediction: a predicted label map on the image's grid, or ``None``.
+        reference: the reference label map, or ``None``.
+        labels: ``{value: name}`` of the label values.
+        metrics: per-case figures shown in the case list (numbers or short text).
+    """
+
+    case_id: str
+    group: str
+    image: Path
+    prediction: Path | None = None
+    reference: Path | None = None
+    labels: dict[int, str] = field(default_factory=dict)
+    metrics: dict[str, float | str] = field(default_factory=dict)
+
+
+def collect_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = None) -> list[ViewerCase]:
+    """The cases of one workspace folder (``datasets/`` or ``runs/`` inside), or of image files and folders."""
+    if len(paths) == 1 and paths[0].is_dir() and ((paths[0] / "datasets").is_dir() or (paths[0] / "runs").is_dir()):
+        if seg is not None or ref is not None:
+            raise VesaliusError("--seg and --ref go with image files, not a workspace", paths[0])
+        cases = workspace_cases(paths[0])
+        if not cases:
+            raise VesaliusError("no imported data sets", paths[0], "import one with 'vesalius import SRC NAME'")
+        return cases
+    return file_cases(paths, seg, ref)
+
+
+def workspace_cases(root: Path) -> list[ViewerCase]:
+    """Every case of every imported data set in the workspace ``root``, with run predictions where there are any."""
+    from vesalius.data.dataset import Dataset
+    from vesalius.workspace import Workspace
+
+    ws = Workspace(root.absolute())
+    cases = []
+    for name in ws.dataset_names():
+        dataset = Dataset.load(ws.dataset_dir(name))
+        labels = {int(k): v for k, v in dataset.labels.items() if int(k) != 0}
+        predictions = _run_predictions(ws.root / "runs" / name) if dataset.task == "segmentation" else {}
+        for case in dataset.cases:
+            reference = dataset.label_path(case)
+            prediction, metrics = predictions.get(case.case_id, (None, {}))
+            if dataset.task == "classification" and case.target is not None:
+                metrics = {"class": dataset.labels.get(case.target, str(case.target))}
+            cases.append(
+                ViewerCase(
+                    case.case_id,
+                    name,
+                    dataset.image_paths(case)[0],
+                    prediction,
+                    reference if reference is not None and reference.exists() else None,
+                    labels if dataset.task == "segmentation" else {},
+                    metrics,
+                )
+            )
+    return cases
+
+
+def _run_predictions(runs: Path) -> dict[str, tuple[Path, dict[str, float | str]]]:
+    """``{case_id: (prediction file, metrics)}`` from the validation folders of a data set's runs."""
+    found: dict[str, tuple[Path, dict[str, float | str]]] = {}
+    for validation in sorted(runs.glob("*/fold_*/validation")):
+        scores = {}
+        summary = validation / "summary.json"
+        if summary.is_file():
+            scores = json.loads(summary.read_text(encoding="utf-8")).get("cases", {})
+        run = f"{validation.parent.parent.name}/{validation.parent.name}"
+        for path in sorted(validation.iterdir()):
+            case_id = strip_suffix(path) if path.is_file() and image_suffix(path) else None
+            if case_id is None or case_id in found:
+                continue
+            metrics: dict[str, float | str] = {"run": run}
+            metrics.update({f"Dice {k}": float(v) for k, v in scores.get(case_id, {}).items()})
+            found[case_id] = (path, metrics)
+    return found
+
+
+def file_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = None) -> list[ViewerCase]:
+    """Cases from image files and folders of images; ``seg``/``ref``: a file (one image) or a folder by case id."""
+    images: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            images += [p for p in sorted(path.iterdir()) if p.is_file() and image_suffix(p)]
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise VesaliusError("file not found", path, "check the path")
+    if not images:
+        raise VesaliusError("no images found", paths[0] if paths else None, "give image files or folders of images")
+    metrics = _metrics_csv(seg / "metrics.csv") if seg is not None and seg.is_dir() else {}
+    cases = []
+    for image in images:
+        case_id = strip_suffix(image)
+        cases.append(
+            ViewerCase(
+                case_id,
+                image.parent.name,
+                image,
+                _match(seg, case_id, len(images)),
+                _match(ref, case_id, len(images)),
+                metrics=metrics.get(case_id, {}),
+            )
+        )
+    return cases
+
+
+def _match(source: Path | None, case_id: str, count: int) -> Path | None:
+    """The label map of ``case_id``: ``source`` itself when it is a file (and there is one image), else the file
+    of that case id in the folder ``source``."""
+    if source is None:
+        return None
+    if source.is_file():
+        if count != 1:
+            raise VesaliusError("one label file for several images", source, "give a folder of label maps")
+        return source
+    if not source.is_dir():
+        raise VesaliusError("file not found", source, "check the path")
+    for path in sorted(source.iterdir()):
+        if path.is_file() and image_suffix(path) and strip_suffix(path) == case_id:
+            return path
+    return None
+
+
+def _metrics_csv(path: Path) -> dict[str, dict[str, float | str]]:
+    """``{case: {"Dice NAME": value}}`` from an evaluation's ``metrics.csv`` (empty when absent)."""
+    if not path.is_file():
+        return {}
+    found: dict[str, dict[str, float | str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                found.setdefault(row["case"], {})[f"Dice {row['name']}"] = float(row["dice"])
+            except (KeyError, ValueError):
+                continue
+    return found
