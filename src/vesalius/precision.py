@@ -4,6 +4,11 @@ On CPUs with native bf16 (AVX512-BF16 or AMX), bf16 autocast with ``channels_las
 2.5x (training, ``benchmarks/network_speed.py``) to 4.7x (inference, ``benchmarks/hippocampus_predict.py``) faster
 than float32 at the same Dice; other CPUs emulate bf16 slowly and stay in float32. On CUDA: bf16 where the GPU
 has it, else fp16.
+
+A oneDNN defect in torch 2.13's CPU build: the bf16 weight gradient of a 3D convolution is wrong (Inf, NaN or values
+near 1e35) where an input side is smaller than the kernel's side (e.g. a 3x3x3 convolution of a 2-voxel-deep
+map, the deepest stages of a ResNet on 28^3 or 64^3 volumes); the forward pass is right. Training wraps its
+network with :func:`fp32_small_convolutions`, which runs just those (tiny, cheap) convolutions in float32.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from vesalius.errors import VesaliusError
 
-__all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_native_bf16", "memory_format"]
+__all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_native_bf16", "fp32_small_convolutions", "memory_format"]
 
 #: The precision settings of ``--precision``.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -54,3 +60,36 @@ def memory_format(dtype: torch.dtype | None, device: torch.device, spatial_dims:
     if dtype == torch.bfloat16 and device.type == "cpu":
         return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
     return torch.contiguous_format
+
+
+def _smaller_than_kernel(conv: nn.Module, x: torch.Tensor) -> bool:
+    return any(side < k for side, k in zip(x.shape[2:], conv.kernel_size, strict=False))
+
+
+def fp32_small_convolutions(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Run each convolution of ``model`` in float32, outside autocast, whenever an input side is smaller than its
+    kernel's (see the module docstring: oneDNN's bf16 weight gradients are wrong there); other calls are unchanged.
+
+    Returns the hook handles (``handle.remove()`` undoes it). Costs nothing measurable: such maps are tiny.
+    """
+    handles = []
+
+    def before(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        x = args[0]
+        if not (torch.is_autocast_enabled(x.device.type) and _smaller_than_kernel(conv, x)):
+            return None
+        context = torch.autocast(x.device.type, enabled=False)
+        context.__enter__()
+        conv._vesalius_fp32_context = context  # type: ignore[assignment]
+        return (x.float(), *args[1:])
+
+    def after(conv: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        context = conv.__dict__.pop("_vesalius_fp32_context", None)
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d | nn.Conv2d | nn.Conv1d):
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after, always_call=True))
+    return handles

@@ -196,7 +196,8 @@ def classify_files(
 def _gradcam(model: Classifier) -> Any:
     from vesalius.inference.gradcam import make_gradcam
 
-    return make_gradcam(model.network, gradcam_layer(model.network_entry["name"]))
+    shape = (len(model.plan["channels"]), *model.plan["input_size"])
+    return make_gradcam(model.network, gradcam_layer(model.network, model.network_entry["name"], shape))
 
 
 def _explain(

@@ -1,7 +1,10 @@
 """Grad-CAM heat maps of a classifier (MONAI's ``GradCAM``) and their overlays on the image.
 
-Maps: for an input ``(1, C, *size)``, the class's gradient-weighted activations of the network's last convolutional
-stage (:func:`vesalius.models.classifiers.gradcam_layer`), upsampled to ``size`` and scaled to [0, 1] (MONAI).
+Maps: for an input ``(1, C, *size)``, the class's gradient-weighted activations of the network's deepest
+convolutional stage that keeps a few voxels per axis (:func:`vesalius.models.classifiers.gradcam_layer`), rectified,
+upsampled (bi/trilinear) to ``size`` by MONAI's ``GradCAM`` and scaled to [0, 1] with 1 where the class's evidence is
+strongest. (MONAI's default post-processing maps the maximum to 0 and the minimum to 1, which turns the picture
+inside out: :func:`unit_scaled` replaces it.) A map without evidence (all equal) is all zeros.
 
 Overlays: 2D, the image in grey with the map in colour (``jet``, 40 % opaque) as one PNG; 3D, the three orthogonal
 slices through the map's peak side by side in one PNG. Files are written atomically.
@@ -19,15 +22,25 @@ from torch import nn
 
 from vesalius.io.atomic import write_bytes_atomic
 
-__all__ = ["gradcam_map", "make_gradcam", "write_overlay"]
+__all__ = ["gradcam_map", "make_gradcam", "unit_scaled", "write_overlay"]
+
+
+def unit_scaled(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of ``(B, 1, *size)`` scaled linearly from its (minimum, maximum) to (0, 1); constant maps to 0."""
+    flat = maps.detach().float().flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    span = high - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    return scaled.reshape(maps.shape)
 
 
 def make_gradcam(model: nn.Module, layer: str) -> Any:
-    """MONAI's ``GradCAM`` on ``layer`` of ``model`` (it hooks the layer: make one per model and reuse it)."""
+    """MONAI's ``GradCAM`` on ``layer`` of ``model`` with :func:`unit_scaled` maps (it hooks the layer: make one per
+    model and reuse it)."""
     from monai.visualize import GradCAM
 
     model.eval()
-    return GradCAM(nn_module=model, target_layers=layer)
+    return GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_scaled)
 
 
 def gradcam_map(cam: Any, x: torch.Tensor, class_index: int) -> np.ndarray:

@@ -22,6 +22,7 @@ ImageNet ResNet-18, whose names MONAI's ResNet shares); nothing is downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from vesalius.errors import VesaliusError
 
 __all__ = [
     "ARCHITECTURES",
+    "GRADCAM_LAYERS",
+    "GRADCAM_MIN_SIDE",
     "TutorialCNN",
     "build_classifier",
     "gradcam_layer",
@@ -138,9 +141,41 @@ def build_classifier(network: dict[str, Any], spatial_dims: int, in_channels: in
     raise VesaliusError(f"unknown network '{name}'", remedy=f"use one of {', '.join(ARCHITECTURES)}")
 
 
-def gradcam_layer(name: str) -> str:
-    """The layer whose activations Grad-CAM weighs: the last convolutional stage of the network."""
-    return {"cnn": "features.3", "densenet121": "class_layers.relu"}.get(name, "layer4")
+#: Grad-CAM's candidate layers per architecture, deepest first: the output of each convolutional stage.
+GRADCAM_LAYERS = {
+    "cnn": ("features.4", "features.1"),
+    "resnet18": ("layer4", "layer3", "layer2", "layer1"),
+    "resnet50": ("layer4", "layer3", "layer2", "layer1"),
+    "densenet121": ("class_layers.relu", "features.transition3", "features.transition2", "features.transition1"),
+}
+#: The fewest voxels along every axis a Grad-CAM layer's map should keep (a ResNet's last stage on 28 pixels is 4x4,
+#: on 28^3 voxels with a strided stem 1x1x1, where a map cannot show where anything is).
+GRADCAM_MIN_SIDE = 4
+
+
+@torch.no_grad()
+def gradcam_layer(model: nn.Module, name: str, input_shape: Sequence[int]) -> str:
+    """The layer whose activations Grad-CAM weighs for inputs ``(C, *size)`` ``input_shape``: the deepest
+    convolutional stage of ``name``'s network (:data:`GRADCAM_LAYERS`) whose output keeps at least
+    :data:`GRADCAM_MIN_SIDE` voxels along every axis (where none does, the shallowest stage). Measured with one
+    forward pass of zeros in eval mode."""
+    candidates = GRADCAM_LAYERS[name]
+    modules = dict(model.named_modules())
+    sides: dict[str, int] = {}
+    hooks = [
+        modules[c].register_forward_hook(lambda _m, _i, out, c=c: sides.__setitem__(c, min(out.shape[2:])))
+        for c in candidates
+    ]
+    training = model.training
+    try:
+        model.eval()
+        parameter = next(model.parameters())
+        model(torch.zeros(1, *input_shape, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return next((c for c in candidates if sides[c] >= GRADCAM_MIN_SIDE), candidates[-1])
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> int:

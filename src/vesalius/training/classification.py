@@ -49,12 +49,13 @@ from vesalius.data.splits import classification_split
 from vesalius.errors import VesaliusError
 from vesalius.models.classifiers import build_classifier, load_pretrained, num_outputs, to_probabilities
 from vesalius.planning.classification import fingerprint_arrays, load_classification_rules, network, plan_classification
+from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
 from vesalius.preprocessing.classification import prepare_images
 from vesalius.training.checkpoint import load_checkpoint, save_checkpoint
 from vesalius.training.classification_config import RESUMABLE, ClassificationConfig
 from vesalius.training.logs import TrainingLog
 from vesalius.training.schedule import learning_rate, progress
-from vesalius.training.trainer import ProgressBar, autocast_dtype, resumed_config, step_seed
+from vesalius.training.trainer import ProgressBar, resumed_config, step_seed
 from vesalius.workspace import Workspace
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "class_indices",
     "classification_plan",
     "encode_targets",
-    "memory_format",
     "resolve_fold",
     "train_classification",
 ]
@@ -88,13 +88,6 @@ class ClassificationResult:
     best_auc: float
     stopped: str
     validation: dict[str, Any] | None = None
-
-
-def memory_format(dtype: torch.dtype | None, device: torch.device, spatial_dims: int) -> torch.memory_format:
-    """``channels_last`` for bf16 on a CPU (oneDNN's fast bf16 convolutions need it), else contiguous."""
-    if dtype is not None and device.type == "cpu":
-        return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
-    return torch.contiguous_format
 
 
 def class_indices(dataset: Dataset) -> list[int]:
@@ -168,6 +161,8 @@ class _Run:
             load_pretrained(self.model, cfg.pretrained)
         self.memory_format = memory_format(self.dtype, self.device, plan["spatial_dims"])
         self.model = self.model.to(memory_format=self.memory_format)
+        if self.dtype is not None and self.device.type == "cpu":
+            fp32_small_convolutions(self.model)  # oneDNN's bf16 weight gradients are wrong there (NaN losses)
         lr, decay = float(cfg.lr or 0.0), float(cfg.weight_decay or 0.0)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(

@@ -48,7 +48,7 @@ from vesalius.training.logs import TrainingLog
 from vesalius.training.schedule import learning_rate, progress
 from vesalius.workspace import Workspace
 
-__all__ = ["ProgressBar", "TrainingResult", "autocast_dtype", "resumed_config", "step_seed", "train_segmentation"]
+__all__ = ["ProgressBar", "TrainingResult", "resumed_config", "step_seed", "train_segmentation"]
 
 #: Settings a resumed run may change; everything else must match the saved ``training.json``.
 RESUMABLE_OVERRIDES = ("epochs", "time_budget_s", "lr", "precision", "device", "threads")
