@@ -36,9 +36,16 @@ def verify(name: str, workspace: Any = None) -> Any:
 
 
 def plan(name: str, workspace: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Fingerprint and plan a segmentation data set; see :func:`vesalius.planning.planner.plan_dataset`."""
+    """Fingerprint and plan a data set; see :func:`vesalius.planning.planner.plan_dataset` (classification:
+    :func:`vesalius.training.classification.plan_classification_dataset`)."""
+    from vesalius.data.dataset import dataset_task
     from vesalius.planning.planner import plan_dataset
+    from vesalius.workspace import Workspace
 
+    if dataset_task(Workspace.resolve(workspace).dataset_dir(name)) == "classification":
+        from vesalius.training.classification import plan_classification_dataset
+
+        return plan_classification_dataset(name, workspace, **kwargs)[0]
     return plan_dataset(name, workspace, **kwargs)[0]
 
 

@@ -143,16 +143,32 @@ def verify(
 
 @app.command()
 def plan(
-    name: Annotated[str, typer.Argument(help="Segmentation data set name in the workspace.")],
+    name: Annotated[str, typer.Argument(help="Data set name in the workspace.")],
     device: Annotated[str, typer.Option(help="Device the plan is sized for: cpu or cuda.")] = "cpu",
     time_budget: Annotated[str | None, typer.Option(help="Training time budget, e.g. 30m, 2h, 900s.")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory available for training, GB.")] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation."""
+    """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation (classification:
+    input size, network, batch, optimiser, augmentation)."""
+    from vesalius.data.dataset import dataset_task
     from vesalius.planning.planner import plan_dataset
+    from vesalius.workspace import Workspace
 
     budget = parse_duration(time_budget) if time_budget else None
+    if dataset_task(Workspace.resolve(workspace).dataset_dir(name)) == "classification":
+        from vesalius.training.classification import plan_classification_dataset
+
+        plan, path = plan_classification_dataset(name, workspace, device=device, time_budget_s=budget)
+        out.print(
+            f"classification ({plan['target_type']}): input {plan['input_size']}, network {plan['network']}, "
+            f"batch {plan['batch_size']}, {plan['optimizer']} lr {plan['lr']:g}, {plan['epochs']} epochs, "
+            f"balance {plan['balance']}",
+            markup=False,
+            highlight=False,
+        )
+        out.print(f"plan written to {path}", markup=False, highlight=False)
+        return
     result, path = plan_dataset(name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb)
     for key, config in result["configurations"].items():
         out.print(

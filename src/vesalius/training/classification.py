@@ -63,6 +63,7 @@ __all__ = [
     "class_indices",
     "classification_plan",
     "encode_targets",
+    "plan_classification_dataset",
     "resolve_fold",
     "train_classification",
 ]
@@ -117,12 +118,17 @@ def _read_arrays(dataset: Dataset, case_ids: Sequence[str]) -> list[np.ndarray]:
 
 
 def classification_plan(
-    dataset: Dataset, ws: Workspace, arrays: dict[str, np.ndarray], device: str, time_budget_s: float | None = None
+    dataset: Dataset,
+    ws: Workspace,
+    arrays: dict[str, np.ndarray],
+    device: str,
+    time_budget_s: float | None = None,
+    replan: bool = False,
 ) -> dict[str, Any]:
-    """The data set's classification plan: read from ``preprocessed/NAME/classification_plan.json``, or made from
-    the non-test cases' images ``arrays`` (case id -> ``(C, *spatial)``) and written there."""
+    """The data set's classification plan: read from ``preprocessed/NAME/classification_plan.json``, or (absent, or
+    ``replan``) made from the non-test cases' images ``arrays`` (case id -> ``(C, *spatial)``) and written there."""
     path = ws.root / "preprocessed" / dataset.name / "classification_plan.json"
-    if path.is_file():
+    if path.is_file() and not replan:
         return json.loads(path.read_text())
     ids = sorted(arrays)
     targets = encode_targets(dataset, ids)
@@ -132,6 +138,26 @@ def classification_plan(
     plan = plan_classification(dataset, fingerprint, device=device, time_budget_s=time_budget_s)
     write_json_atomic(path, plan)
     return plan
+
+
+def plan_classification_dataset(
+    name: str,
+    workspace: str | Path | Workspace | None = None,
+    *,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Make the classification plan of data set ``name`` afresh from its non-test cases and write it to
+    ``preprocessed/NAME/classification_plan.json`` (what ``vesalius plan`` does; training reads it from there).
+    Returns the plan and its path."""
+    ws = Workspace.resolve(workspace)
+    dataset = Dataset.load(ws.dataset_dir(name))
+    if dataset.task != "classification":
+        raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan it as a segmentation data set")
+    ids = sorted(c.case_id for c in dataset.cases if c.split != "test")
+    arrays = dict(zip(ids, _read_arrays(dataset, ids), strict=True))
+    plan = classification_plan(dataset, ws, arrays, device, time_budget_s, replan=True)
+    return plan, ws.root / "preprocessed" / name / "classification_plan.json"
 
 
 class _Run:
