@@ -205,7 +205,10 @@ def test_short_training_beats_an_untrained_model(trained_synthetic, one_torch_th
     assert scores["trained"][0] >= 0.7 and scores["trained"][1] >= 0.75, scores
     assert scores["untrained"][0] <= 0.6 and scores["untrained"][1] <= 0.65, scores
     summary = json.loads((result.run_dir / "validation" / "summary.json").read_text())
-    assert summary["n"] == len(json.loads((result.run_dir / "training.json").read_text())["split"]["val"])
+    val = json.loads((result.run_dir / "training.json").read_text())["split"]["val"]
+    assert summary["n"] == len(val)
+    gallery = sorted(p.stem for p in (result.run_dir / "validation" / "gradcam").glob("*.png"))
+    assert len(gallery) == min(12, len(val)) and set(gallery) <= set(val)  # the report's Grad-CAM gallery
     log = list(csv.DictReader((result.run_dir / "log.csv").open()))
     assert len(log) == result.epochs and "val_auc" in log[0]
     assert (result.run_dir / "progress.png").is_file() and (result.run_dir / "checkpoint_best.pt").is_file()

@@ -144,10 +144,19 @@ def validate_classifier(
     checkpoint: str = "final",
     device: str = "cpu",
     bootstrap: int = 1000,
+    gradcam: int = 12,
 ) -> dict[str, Any] | None:
     """Predict a classification run's validation cases and score them: ``validation/predictions.csv`` and
-    ``validation/summary.json`` in the run folder. ``None`` when the run has no validation cases."""
-    from vesalius.inference.classify import load_classifier, predict_probabilities, write_predictions_csv
+    ``validation/summary.json`` in the run folder; Grad-CAM overlays of up to ``gradcam`` of them in
+    ``validation/gradcam/`` (the most and the least confident predictions, half each: the report's gallery).
+    ``None`` when the run has no validation cases."""
+    from vesalius.inference.classify import (
+        gradcam_for,
+        load_classifier,
+        predict_probabilities,
+        write_explanation,
+        write_predictions_csv,
+    )
     from vesalius.preprocessing.classification import prepare_images
     from vesalius.training.classification import encode_targets
 
@@ -171,4 +180,13 @@ def validate_classifier(
         seed=int(training["training"]["seed"]),
     )
     write_json_atomic(folder / "summary.json", summary)
+    if gradcam > 0:
+        confidence = np.argsort(-probabilities.max(axis=1), kind="stable")
+        chosen = sorted(set(confidence[: (gradcam + 1) // 2]) | set(confidence[::-1][: gradcam // 2]))
+        cams = [(model, gradcam_for(model))]
+        for i in chosen:
+            image = dataset.read_case(dataset.case(val[i]))[0]
+            write_explanation(
+                cams, images[i : i + 1], image, probabilities[i], folder / "gradcam", val[i], model.class_names, device
+            )
     return summary

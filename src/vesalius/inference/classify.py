@@ -40,9 +40,11 @@ __all__ = [
     "Classifier",
     "classify_files",
     "find_classifier_runs",
+    "gradcam_for",
     "is_classification_model",
     "load_classifier",
     "predict_probabilities",
+    "write_explanation",
     "write_predictions_csv",
 ]
 
@@ -166,7 +168,7 @@ def classify_files(
     csv_path = output if output.suffix.lower() == ".csv" else output / "predictions.csv"
     names = first.class_names
     rows = []
-    cams = [(m, _gradcam(m)) for m in models] if explain else []
+    cams = [(m, gradcam_for(m)) for m in models] if explain else []
     for case in cases:
         image = _read_case(case)
         if image.num_channels != len(plan["channels"]) or image.ndim != plan["spatial_dims"]:
@@ -180,7 +182,9 @@ def classify_files(
         probabilities = predict_probabilities(models, prepared, device=device)[0]
         rows.append(probabilities)
         if explain:
-            _explain(cams, prepared, image, probabilities, csv_path.parent / "gradcam", case.case_id, names, device)
+            write_explanation(
+                cams, prepared, image, probabilities, csv_path.parent / "gradcam", case.case_id, names, device
+            )
         if on_case:
             on_case(case)
     return write_predictions_csv(
@@ -193,14 +197,15 @@ def classify_files(
     )
 
 
-def _gradcam(model: Classifier) -> Any:
+def gradcam_for(model: Classifier) -> Any:
+    """MONAI's ``GradCAM`` on the layer of ``model`` that :func:`~vesalius.models.classifiers.gradcam_layer` picks."""
     from vesalius.inference.gradcam import make_gradcam
 
     shape = (len(model.plan["channels"]), *model.plan["input_size"])
     return make_gradcam(model.network, gradcam_layer(model.network, model.network_entry["name"], shape))
 
 
-def _explain(
+def write_explanation(
     cams: list[tuple[Classifier, Any]],
     prepared: np.ndarray,
     image: Any,
