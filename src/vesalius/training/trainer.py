@@ -41,7 +41,7 @@ from vesalius.data.splits import load_or_create_splits
 from vesalius.errors import VesaliusError
 from vesalius.models import build_network
 from vesalius.planning.planner import load_plan
-from vesalius.precision import autocast_dtype, memory_format
+from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
 from vesalius.training.checkpoint import load_checkpoint, save_checkpoint
 from vesalius.training.config import TrainingConfig
 from vesalius.training.logs import TrainingLog
@@ -95,6 +95,8 @@ class _Run:
         self.model = build_network(self.plan_config, len(plan["channels"]), self.num_classes).to(self.device)
         self.memory_format = memory_format(self.dtype, self.device, self.spatial_dims)
         self.model = self.model.to(memory_format=self.memory_format)
+        if self.dtype is not None and self.device.type == "cpu":
+            fp32_small_convolutions(self.model)  # oneDNN's bf16 weight gradients are wrong there (NaN losses)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=cfg.weight_decay
