@@ -10,8 +10,8 @@ Sources:
   :func:`vesalius.evaluation.evaluate.evaluate_folder`):
   the predictions and references named in its summary, and optionally a folder of the images;
 - a **classification run** folder (``training.json`` whose ``task`` is ``"classification"``): learning curves, and
-  from ``validation/predictions.csv`` (a ``case_id`` column and one ``p_NAME`` column per class in class order, as
-  ``vesalius predict`` writes it; the true classes from a ``target`` column, else from the data set) the metrics of
+  from ``validation/predictions.csv`` (as ``vesalius predict`` writes it; the true classes from a ``target``
+  column, else from the data set) the metrics of
   :func:`vesalius.evaluation.classification.classification_metrics`, the confusion matrix,
   one-vs-rest ROC curves and a calibration plot; the PNG files in ``validation/gradcam/`` form a Grad-CAM gallery.
 
@@ -424,29 +424,23 @@ def _classification_context(run_dir: Path, training: dict[str, Any], workspace: 
 
 
 def _read_probabilities(path: Path, dataset: Any) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-    """``(case ids, y_true (N,), probabilities (N, K), class names)`` from a predictions CSV.
+    """``(case ids, y_true (N,), probabilities (N, K), class names)`` from a predictions CSV
+    (:func:`~vesalius.evaluation.classification_eval.read_predictions_csv`); the true class comes from a ``target``
+    column, else from the data set's cases."""
+    from vesalius.evaluation.classification_eval import read_predictions_csv
 
-    The CSV has a case column (``case_id`` or ``case``) and one ``p_NAME`` (or ``prob_NAME``) column per class in
-    class order; the true class comes from a ``target`` column, else from the data set's cases.
-    """
+    case_ids, names, p = read_predictions_csv(path)
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    header = list(rows[0]) if rows else []
-    columns = [c for c in header if c.startswith(("p_", "prob_"))]
-    case_key = "case_id" if "case_id" in header else "case"
-    if not rows or len(columns) < 2 or case_key not in header:
-        raise VesaliusError("expected a case_id column and one p_NAME column per class", path, "predict again")
-    case_ids = [r[case_key] for r in rows]
-    if "target" in header:
-        targets = [r["target"] for r in rows]
+        given = [row.get("target") for row in csv.DictReader(f)]
+    if all(t is not None for t in given):
+        targets: list[Any] = given
     elif dataset is not None:
         targets = [dataset.case(c).target for c in case_ids]
     else:
         raise VesaliusError("no target column and no data set to take the true classes from", path)
     if not all(isinstance(t, int) or (isinstance(t, str) and t.isdigit()) for t in targets):
         raise VesaliusError("the targets are not single class indices (multi-label?)", path)
-    p = np.array([[float(r[c]) for c in columns] for r in rows])
-    return case_ids, np.array([int(t) for t in targets]), p, [c.split("_", 1)[1] for c in columns]
+    return case_ids, np.array([int(t) for t in targets]), p, names
 
 
 def _fmt_metric(value: Any) -> str:

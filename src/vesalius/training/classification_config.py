@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from vesalius.errors import VesaliusError
 from vesalius.models.classifiers import ARCHITECTURES
-from vesalius.training.config import OPTIMIZERS, PRECISIONS
+from vesalius.precision import PRECISIONS
+from vesalius.training.config import OPTIMIZERS, check_known_settings
 
 __all__ = ["BALANCES", "CLASSIFICATION_SCHEDULES", "ClassificationConfig"]
 
@@ -109,10 +110,7 @@ class ClassificationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassificationConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise VesaliusError(f"unknown training settings {sorted(unknown)}", remedy=f"use {sorted(known)}")
+        check_known_settings(cls, d)
         return cls(**d)
 
 

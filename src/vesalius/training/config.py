@@ -13,7 +13,7 @@ from typing import Any
 from vesalius.errors import VesaliusError
 from vesalius.precision import PRECISIONS
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainingConfig"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainingConfig", "check_known_settings"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine")
@@ -21,6 +21,15 @@ SCHEDULES = ("poly", "cosine")
 #: Default learning rate per optimizer (nnU-Net's SGD; AdamW as commonly used for U-Nets).
 DEFAULT_LR = {"sgd": 1e-2, "adamw": 2e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 3e-5, "adamw": 1e-2}
+
+
+def check_known_settings(settings_class: type, d: dict[str, Any]) -> None:
+    """Refuse keys of ``d`` that are no field of the settings dataclass ``settings_class`` (a saved or given
+    ``training.json`` from another version, or a typo)."""
+    known = {f.name for f in fields(settings_class)}
+    unknown = set(d) - known
+    if unknown:
+        raise VesaliusError(f"unknown training settings {sorted(unknown)}", remedy=f"use {sorted(known)}")
 
 
 @dataclass(frozen=True)
@@ -119,10 +128,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise VesaliusError(f"unknown training settings {sorted(unknown)}", remedy=f"use {sorted(known)}")
+        check_known_settings(cls, d)
         values = dict(d)
         if values.get("patch_size") is not None:
             values["patch_size"] = tuple(values["patch_size"])
