@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from vesalius.data.importers import import_dataset
+from vesalius.data.synthetic import write_segmentation_dataset
 from vesalius.io import Geometry, Image
+from vesalius.planning.planner import plan_dataset
 from vesalius.preprocessing.normalize import normalize
-from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
+from vesalius.preprocessing.pipeline import preprocess_dataset, preprocess_image, restore_to_original
 from vesalius.preprocessing.spatial import crop, grid_for_spacing
 
 ROTATION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -84,3 +90,27 @@ def test_scale_maps_8bit_to_unit_range() -> None:
     x = np.array([[0, 51, 255]], np.uint8).reshape(1, 3, 1)
     out = normalize(x, [{"scheme": "scale", "low": 0.0, "high": 255.0}])
     assert np.allclose(out.ravel(), [0.0, 0.2, 1.0])
+
+
+def test_cached_cases_are_made_again_when_the_plan_spacing_changes(tmp_path: Path) -> None:
+    source = write_segmentation_dataset(tmp_path / "phantom", num_cases=2, seed=1)
+    workspace = tmp_path / "ws"
+    import_dataset(source, "phantom", workspace=workspace)
+    plan, plan_path = plan_dataset("phantom", workspace, workers=1)
+    folder = preprocess_dataset("phantom", "3d", workspace, workers=1)
+    case = sorted(folder.glob("*_seg.npy"))[0].name.removesuffix("_seg.npy")
+    first = json.loads((folder / f"{case}.json").read_text())
+    stamp = (folder / f"{case}.npy").stat().st_mtime_ns
+
+    assert preprocess_dataset("phantom", "3d", workspace, workers=1) == folder  # up to date: nothing is redone
+    assert (folder / f"{case}.npy").stat().st_mtime_ns == stamp
+
+    coarse = [2 * s for s in plan["configurations"]["3d"]["spacing"]]
+    plan["configurations"]["3d"]["spacing"] = coarse
+    plan_path.write_text(json.dumps(plan))
+    preprocess_dataset("phantom", "3d", workspace, workers=1)
+    second = json.loads((folder / f"{case}.json").read_text())
+    assert second["geometry"]["spacing"] == pytest.approx(coarse)
+    assert second["original_shape"] == first["original_shape"]
+    assert np.load(folder / f"{case}.npy").shape[1:] == tuple(second["shape"])
+    assert all(b <= (a + 1) // 2 + 1 for a, b in zip(first["shape"], second["shape"], strict=True))

@@ -8,6 +8,7 @@ original geometry and shape, the grid after cropping and after resampling). The 
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> str:
     dataset, case, plan, config, folder = args
-    if (folder / f"{case.case_id}.json").exists():
-        return case.case_id  # done before (resumable): the json is written last
     image, label = dataset.read_case(case)
     data, seg, properties = preprocess_image(image, label, plan, config)
     _save_npy(folder / f"{case.case_id}.npy", data)
@@ -80,6 +79,30 @@ def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> st
         _save_npy(folder / f"{case.case_id}_seg.npy", seg)
     write_json_atomic(folder / f"{case.case_id}.json", properties)
     return case.case_id
+
+
+def preprocessing_settings(plan: dict[str, Any], config: str) -> dict[str, Any]:
+    """The parts of a plan that a preprocessed case depends on (target spacing, normalisation, channels)."""
+    configuration = plan["configurations"][config]
+    return {
+        "spacing": configuration.get("spacing_full") or configuration["spacing"],
+        "normalization": plan["normalization"],
+        "channels": plan["channels"],
+    }
+
+
+def _drop_stale_cases(folder: Path, plan: dict[str, Any], config: str) -> None:
+    """Delete the cached cases of ``folder`` when they were made with other preprocessing settings."""
+    made_with = folder / "plan.json"
+    if not made_with.is_file():
+        return
+    previous = json.loads(made_with.read_text())
+    if config in previous.get("configurations", {}) and preprocessing_settings(
+        previous, config
+    ) == preprocessing_settings(plan, config):
+        return
+    for path in [*folder.glob("*.npy"), *folder.glob("*.json")]:
+        path.unlink()
 
 
 def preprocess_dataset(
@@ -92,7 +115,9 @@ def preprocess_dataset(
 ) -> Path:
     """Preprocess every case of ``name`` for plan configuration ``config``; returns the output folder.
 
-    Resumable: cases already done (their ``.json`` exists) are skipped.
+    Resumable: cases already done (their ``.json`` exists) are skipped. The folder's ``plan.json`` records the
+    plan the cases were made with; when the plan's spacing, normalisation or channels changed since, the cached
+    cases are made again.
     """
     from vesalius.planning.planner import load_plan
 
@@ -103,10 +128,13 @@ def preprocess_dataset(
         raise VesaliusError(f"the plan has no '{config}' configuration", remedy=f"use {list(plan['configurations'])}")
     folder = ws.preprocessed_dir(name, config)
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(dataset, c, plan, config, folder) for c in dataset.cases]
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        for case_id in pool.map(_preprocess_one, jobs):
-            if on_case:
-                on_case(case_id)
+    _drop_stale_cases(folder, plan, config)
     write_json_atomic(folder / "plan.json", plan)
+    # A case is done when its .json exists: it is written last.
+    jobs = [(dataset, c, plan, config, folder) for c in dataset.cases if not (folder / f"{c.case_id}.json").exists()]
+    if jobs:
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+            for case_id in pool.map(_preprocess_one, jobs):
+                if on_case:
+                    on_case(case_id)
     return folder

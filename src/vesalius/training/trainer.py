@@ -240,16 +240,14 @@ class _Run:
 
 
 def _prepare_data(cfg: TrainingConfig, ws: Workspace, plan: dict[str, Any]) -> tuple[Path, dict[str, list[str]]]:
-    """The preprocessed folder (preprocessing first where cases are missing) and the fold's split."""
+    """The preprocessed folder (preprocessing first what is missing or stale) and the fold's split."""
     from vesalius.preprocessing.pipeline import preprocess_dataset
 
     dataset = Dataset.load(ws.dataset_dir(cfg.dataset))
     if dataset.task != "segmentation":
         raise VesaliusError(f"'{cfg.dataset}' is a {dataset.task} data set", remedy="train segmentation data sets here")
     case_ids = [c.case_id for c in dataset.cases]
-    folder = ws.preprocessed_dir(cfg.dataset, cfg.config)
-    if any(not (folder / f"{c}.json").exists() for c in case_ids):
-        preprocess_dataset(cfg.dataset, cfg.config, ws)
+    folder = preprocess_dataset(cfg.dataset, cfg.config, ws)  # only what is missing or stale
     splits = load_or_create_splits(ws.root / "preprocessed" / cfg.dataset / "splits.json", case_ids)
     if cfg.fold == "all":
         return folder, {"train": sorted(case_ids), "val": []}
