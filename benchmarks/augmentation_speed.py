@@ -80,8 +80,17 @@ def vesalius_augmenter(always: bool) -> Callable[[torch.Tensor, torch.Tensor, in
 
     if not always:
         return Augmenter()
-    names = ["p_rotation", "p_scaling", "p_noise", "p_blur", "p_brightness", "p_contrast", "p_low_resolution",
-             "p_gamma_inverted", "p_gamma"]
+    names = [
+        "p_rotation",
+        "p_scaling",
+        "p_noise",
+        "p_blur",
+        "p_brightness",
+        "p_contrast",
+        "p_low_resolution",
+        "p_gamma_inverted",
+        "p_gamma",
+    ]
     return Augmenter(AugmentationConfig.from_dict(dict.fromkeys(names, 1.0)))
 
 
@@ -97,9 +106,16 @@ def monai_per_sample(always: bool) -> Callable[[torch.Tensor, torch.Tensor, int]
     keys = ["image", "label"]
     compose = mt.Compose(
         [
-            mt.RandAffined(keys, spatial_size=PATCH, prob=p(0.36), rotate_range=(math.pi / 6,) * 3,
-                           scale_range=((-0.3, 0.3),) * 3, mode=("bilinear", "nearest"), padding_mode="zeros",
-                           cache_grid=True),
+            mt.RandAffined(
+                keys,
+                spatial_size=PATCH,
+                prob=p(0.36),
+                rotate_range=(math.pi / 6,) * 3,
+                scale_range=((-0.3, 0.3),) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+                cache_grid=True,
+            ),
             mt.RandGaussianNoised("image", prob=p(0.1), std=0.1),
             mt.RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=p(0.2)),
             mt.RandScaleIntensityd("image", factors=0.25, prob=p(0.15)),
@@ -130,8 +146,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     images, labels = _batch(args.batch)
     load = os.getloadavg()
-    print(f"batch {args.batch} x (1, {', '.join(map(str, PATCH))}), {args.threads} threads, torch "
-          f"{torch.__version__}, load average {load[0]:.2f}")
+    print(
+        f"batch {args.batch} x (1, {', '.join(map(str, PATCH))}), {args.threads} threads, torch "
+        f"{torch.__version__}, load average {load[0]:.2f}"
+    )
 
     results: dict[str, Any] = {}
     for mode in ("default", "always"):
@@ -149,9 +167,11 @@ def main() -> None:
         }
         speedup = results[f"monai_per_sample_{mode}"]["median_ms"] / results[f"vesalius_batched_{mode}"]["median_ms"]
         results[f"speedup_{mode}"] = round(speedup, 2)
-        print(f"{mode:8s} vesalius batched {results[f'vesalius_batched_{mode}']['median_ms']:8.1f} ms/batch   "
-              f"monai per sample {results[f'monai_per_sample_{mode}']['median_ms']:8.1f} ms/batch   "
-              f"x{speedup:.1f} (medians)")
+        print(
+            f"{mode:8s} vesalius batched {results[f'vesalius_batched_{mode}']['median_ms']:8.1f} ms/batch   "
+            f"monai per sample {results[f'monai_per_sample_{mode}']['median_ms']:8.1f} ms/batch   "
+            f"x{speedup:.1f} (medians)"
+        )
 
     from vesalius.augmentation.transforms import AugmentationConfig, Augmenter, PatchSampler
 
@@ -163,29 +183,35 @@ def main() -> None:
     margin = AugmentationConfig().margin(PATCH)
     sampler = PatchSampler(cases, PATCH, args.batch, extra=margin)
     results["patch_sampler"] = _timed({"sampler": sampler.sample}, args.batches)["sampler"]
-    print(f"patch sampler ({args.batch} pre-patches of {sampler.output_size}): "
-          f"{results['patch_sampler']['median_ms']:.1f} ms/batch")
+    print(
+        f"patch sampler ({args.batch} pre-patches of {sampler.output_size}): "
+        f"{results['patch_sampler']['median_ms']:.1f} ms/batch"
+    )
     pre_images, pre_labels = (torch.from_numpy(a) for a in sampler.sample(0))
     from_prepatch = Augmenter(patch_size=PATCH)
     results["vesalius_batched_default_from_prepatch"] = _timed(
         {"aug": lambda i: from_prepatch(pre_images, pre_labels, i)}, args.batches
     )["aug"]
-    print(f"vesalius batched, default, from those pre-patches: "
-          f"{results['vesalius_batched_default_from_prepatch']['median_ms']:.1f} ms/batch")
+    print(
+        f"vesalius batched, default, from those pre-patches: "
+        f"{results['vesalius_batched_default_from_prepatch']['median_ms']:.1f} ms/batch"
+    )
 
-    emit_json({
-        "benchmark": "augmentation_speed",
-        "batch": args.batch,
-        "patch": PATCH,
-        "threads": args.threads,
-        "batches": args.batches,
-        "prepatch": sampler.output_size,
-        "load_average_1min": round(load[0], 2),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "results": results,
-    })
+    emit_json(
+        {
+            "benchmark": "augmentation_speed",
+            "batch": args.batch,
+            "patch": PATCH,
+            "threads": args.threads,
+            "batches": args.batches,
+            "prepatch": sampler.output_size,
+            "load_average_1min": round(load[0], 2),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "results": results,
+        }
+    )
 
 
 if __name__ == "__main__":

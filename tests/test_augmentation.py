@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # sampling
 
 
-def _case(shape: tuple[int, ...], channels: int = 2, seed: int = 0, blob: tuple[int, ...] | None = None,
-          value: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _case(
+    shape: tuple[int, ...], channels: int = 2, seed: int = 0, blob: tuple[int, ...] | None = None, value: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Random image ``(C, *shape)`` and a seg with one small foreground cube of ``value`` at ``blob``."""
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(channels, *shape)).astype(np.float32)
@@ -64,8 +65,10 @@ def test_sampler_is_deterministic() -> None:
     assert np.array_equal(a.sample(rng)[0], first[0])
 
 
-@pytest.mark.parametrize(("batch", "fraction", "expected"), [(1, 1 / 3, 0), (2, 1 / 3, 1), (3, 1 / 3, 1),
-                                                             (8, 1 / 3, 3), (4, 0.0, 0), (4, 1.0, 4)])
+@pytest.mark.parametrize(
+    ("batch", "fraction", "expected"),
+    [(1, 1 / 3, 0), (2, 1 / 3, 1), (3, 1 / 3, 1), (8, 1 / 3, 3), (4, 0.0, 0), (4, 1.0, 4)],
+)
 def test_number_of_foreground_samples(batch: int, fraction: float, expected: int) -> None:
     sampler = PatchSampler([_case((20, 20, 20), blob=(3, 3, 3))], (8, 8, 8), batch, foreground_fraction=fraction)
     assert sampler.num_foreground == expected
@@ -172,8 +175,17 @@ def test_sampler_rejects_mismatched_inputs() -> None:
 # transforms
 
 ALWAYS = {  # every augmentation on every sample
-    "p_rotation": 1.0, "p_scaling": 1.0, "p_elastic": 1.0, "p_noise": 1.0, "p_blur": 1.0, "p_brightness": 1.0,
-    "p_contrast": 1.0, "p_low_resolution": 1.0, "p_gamma_inverted": 1.0, "p_gamma": 1.0, "p_mirror": 0.5,
+    "p_rotation": 1.0,
+    "p_scaling": 1.0,
+    "p_elastic": 1.0,
+    "p_noise": 1.0,
+    "p_blur": 1.0,
+    "p_brightness": 1.0,
+    "p_contrast": 1.0,
+    "p_low_resolution": 1.0,
+    "p_gamma_inverted": 1.0,
+    "p_gamma": 1.0,
+    "p_mirror": 0.5,
 }
 SPATIAL_ONLY = {"p_rotation": 1.0, "p_scaling": 1.0, "p_elastic": 1.0, "p_mirror": 0.5}
 
@@ -209,8 +221,11 @@ def test_identity_when_every_probability_is_zero(dims: int) -> None:
     # a larger pre-patch: exactly its centre crop
     patch = (16, 20, 12)[:dims]
     out_images, out_labels = Augmenter(AugmentationConfig.off(), patch_size=patch)(images, labels, seed=0)
-    crop = (slice(None), slice(None), *(slice((s - p) // 2, (s - p) // 2 + p) for s, p in
-                                        zip(images.shape[2:], patch, strict=True)))
+    crop = (
+        slice(None),
+        slice(None),
+        *(slice((s - p) // 2, (s - p) // 2 + p) for s, p in zip(images.shape[2:], patch, strict=True)),
+    )
     assert torch.equal(out_images, images[crop]) and torch.equal(out_labels, labels[crop])
 
 
@@ -254,7 +269,8 @@ def test_mirroring_only_along_requested_axes(axes: tuple[int, ...]) -> None:
     seen = set()
     for b in range(16):
         matches = [
-            flips for flips in _subsets(axes)
+            flips
+            for flips in _subsets(axes)
             if torch.equal(out_labels[b], labels[b].flip([1 + a for a in flips]) if flips else labels[b])
         ]
         assert len(matches) == 1, f"sample {b} is not the input mirrored along a subset of {axes}"
@@ -341,10 +357,10 @@ def test_rotation_is_rigid_and_scaling_zooms_in_voxel_space(dims: int) -> None:
     expected = float(np.linalg.norm(slope))
     rotated, _ = spatial_transform(image, None, 0, AugmentationConfig.off(p_rotation=1.0), out_size)
     assert torch.allclose(gradient_norms(rotated), torch.tensor(expected, dtype=torch.float64), rtol=1e-3)
-    assert not torch.allclose(rotated, image[(..., *(slice((s - o) // 2, (s - o) // 2 + o)
-                                                     for s, o in zip(shape, out_size, strict=True)))])
-    zoomed, _ = spatial_transform(image, None, 0, AugmentationConfig.off(p_scaling=1.0, scaling=(1.5, 1.5)),
-                                  out_size)
+    assert not torch.allclose(
+        rotated, image[(..., *(slice((s - o) // 2, (s - o) // 2 + o) for s, o in zip(shape, out_size, strict=True)))]
+    )
+    zoomed, _ = spatial_transform(image, None, 0, AugmentationConfig.off(p_scaling=1.0, scaling=(1.5, 1.5)), out_size)
     target = _ramp(out_size, tuple(1.5 * s for s in slope))  # coordinates x 1.5: zoom out, steeper ramp
     assert torch.allclose(zoomed, target.expand_as(zoomed), atol=1e-3)
 

@@ -94,6 +94,7 @@ def test_training_config_resolves_from_plan_and_rejects_bad_values():
 
 # -- real training on phantoms ------------------------------------------------------------------------------------
 
+
 def _copy(ws: Path, tmp_path: Path) -> Path:
     target = tmp_path / "ws_copy"
     shutil.copytree(ws, target, ignore=shutil.ignore_patterns("runs"))
