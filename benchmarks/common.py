@@ -6,8 +6,11 @@ import this module.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
+import os
+import platform
 import subprocess
 import threading
 import time
@@ -63,6 +66,14 @@ def emit_json(d: Mapping[str, Any]) -> str:
     line = f"{JSON_PREFIX} {json.dumps(_jsonable(d), sort_keys=False, allow_nan=True)}"
     print(line, flush=True)
     return line
+
+
+def machine_and_date() -> dict[str, Any]:
+    """Where and when a benchmark ran, for its JSON line: processor, CPU count and the UTC time."""
+    return {
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def shared_data(name: str) -> Path | None:

@@ -22,10 +22,8 @@ cases. Prints readable lines and one ``BENCHMARK_JSON {...}`` line; without the 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -35,7 +33,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from common import REPO_ROOT, dice_per_class, emit_json, run_measured, shared_data
+from common import REPO_ROOT, dice_per_class, emit_json, machine_and_date, run_measured, shared_data
 from vesalius.cli import parse_duration
 
 DATASET = "Task04_Hippocampus"
@@ -181,8 +179,7 @@ def main() -> int:
             "results": results,
             "ratios": ratios,
             "vesalius_run": run_dir,
-            "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **machine_and_date(),
         }
     )
     return 0

@@ -20,32 +20,25 @@ exits 0.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO_ROOT, emit_json, shared_data
+from common import REPO_ROOT, emit_json, machine_and_date, shared_data
 from vesalius.cli import parse_duration
 
 DATASET = "Task04_Hippocampus"
 WORK_DIR = REPO_ROOT / "benchmarks" / ".work"
 
 
-def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, threads: int) -> dict[str, Any]:
-    import torch
-
+def prepare_workspace(data_dir: Path, ws: Path, budget_s: float) -> tuple[dict[str, Any], dict[str, float]]:
+    """Import (once), plan for the CPU with ``budget_s`` and preprocess; returns the plan and the step timings."""
     import vesalius
-    from vesalius.evaluation.cross_validation import validate_fold
-    from vesalius.training import TrainingConfig, train_segmentation
 
-    torch.set_num_threads(threads)
-    ws = work_dir / "vesalius"
     timings = {}
     t = time.perf_counter()
     if not (ws / "datasets" / "hippocampus" / "dataset.json").exists():
@@ -57,6 +50,18 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
     t = time.perf_counter()
     vesalius.preprocess("hippocampus", "3d", workspace=ws)
     timings["preprocess_s"] = time.perf_counter() - t
+    return plan, timings
+
+
+def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, threads: int) -> dict[str, Any]:
+    import torch
+
+    from vesalius.evaluation.cross_validation import validate_fold
+    from vesalius.training import TrainingConfig, train_segmentation
+
+    torch.set_num_threads(threads)
+    ws = work_dir / "vesalius"
+    plan, timings = prepare_workspace(data_dir, ws, budget_s)
     config = plan["configurations"]["3d"]
     print(
         f"plan 3d: spacing {config['spacing']}, patch {config['patch_size']}, batch {config['batch_size']}, "
@@ -137,8 +142,7 @@ def main() -> None:
         "fold": args.fold,
         "threads": args.threads,
         "vesalius": ours,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **machine_and_date(),
     }
     if args.peer:
         from nnunet_peer import run_nnunet

@@ -1,0 +1,166 @@
+"""Design trials on Hippocampus: variants of the planned 3D configuration trained for a fixed number of iterations.
+
+Run it from the project's root::
+
+    python benchmarks/hippocampus_variants.py default='{}' full_stem='{"stem": "full"}' --jobs 2
+    python benchmarks/hippocampus_variants.py wide='{"features": [32, 64, 128, 256]}' --fold 1
+
+Each argument ``NAME=JSON`` is a variant: the JSON object overrides keys of the plan's ``3d`` configuration
+(``features``, ``strides``, ``kernels``, ``stem``, ``stem_features``, ``residual_units``, ...). Every variant trains
+the same fold for the same number of iterations at the same batch size and seed, so a machine busy with other
+work changes how long a trial takes but not its Dice: on a 2-core machine, two variants at a time with one thread
+each (``--jobs 2``) is the fair and fast way to compare. The fold's validation cases are then predicted on their
+original grids with mirroring and scored (Dice per class, mean over cases), as ``hippocampus_train.py`` does.
+
+The variants share the imported data set and the preprocessed cases of ``hippocampus_train.py``'s workspace
+(``benchmarks/.work/vesalius``, made here when missing, planned for a 30-minute budget); each trains in its own
+workspace under ``benchmarks/.work/variants/NAME``. Overrides that change preprocessing (spacing) are refused.
+Prints a line per variant and one ``BENCHMARK_JSON {...}`` line; without the shared data it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import emit_json, machine_and_date, shared_data
+from hippocampus_train import DATASET, WORK_DIR, prepare_workspace
+
+ITERATIONS_PER_EPOCH = 250
+PREPROCESSING_KEYS = ("spacing", "spacing_full")
+
+
+def variant_workspace(source: Path, name: str, overrides: dict[str, Any]) -> Path:
+    """A workspace for one variant that links ``source``'s data set and preprocessed cases; its own plan."""
+    ws = WORK_DIR / "variants" / name
+    shutil.rmtree(ws, ignore_errors=True)
+    planned = ws / "preprocessed" / "hippocampus"
+    planned.mkdir(parents=True)
+    (ws / "datasets").symlink_to(source / "datasets", target_is_directory=True)
+    for file in ("fingerprint.json", "splits.json"):
+        shutil.copy(source / "preprocessed" / "hippocampus" / file, planned / file)
+    (planned / "3d").symlink_to(source / "preprocessed" / "hippocampus" / "3d", target_is_directory=True)
+    plan = json.loads((source / "preprocessed" / "hippocampus" / "plan.json").read_text())
+    plan["configurations"]["3d"].update(overrides)
+    (planned / "plan.json").write_text(json.dumps(plan, indent=1))
+    return ws
+
+
+def run_variant(name: str, ws: Path, fold: int, iterations: int, batch: int, threads: int, seed: int) -> dict:
+    """Train one variant's workspace and score the fold's validation cases."""
+    import torch
+
+    from vesalius.evaluation.cross_validation import validate_fold
+    from vesalius.training import TrainingConfig, train_segmentation
+
+    torch.set_num_threads(threads)
+    cfg = TrainingConfig(
+        "hippocampus",
+        "3d",
+        fold,
+        epochs=max(1, iterations // ITERATIONS_PER_EPOCH),
+        iterations_per_epoch=ITERATIONS_PER_EPOCH,
+        batch_size=batch,
+        threads=threads,
+        seed=seed,
+    )
+    t = time.perf_counter()
+    result = train_segmentation(cfg, ws, force=True)
+    train_s = time.perf_counter() - t
+    summary = validate_fold(result.run_dir, ws)
+    return {
+        "name": name,
+        "mean_dice": summary["dice_mean"],
+        "dice_per_class": summary["dice"],
+        "iterations": result.iterations,
+        "train_seconds": train_s,
+        "seconds_per_iteration": train_s / max(result.iterations, 1),
+        "best_pseudo_dice_ema": result.best_pseudo_dice,
+        "run_dir": str(result.run_dir),
+    }
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, value = text.partition("=")
+    if not name or not value:
+        raise SystemExit(f'variant {text!r}: write NAME=JSON, e.g. full_stem=\'{{"stem": "full"}}\'')
+    try:
+        overrides = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"variant {name}: its overrides are not JSON ({error}); quote them for the shell") from None
+    if not isinstance(overrides, dict):
+        raise SystemExit(f"variant {name}: the overrides must be a JSON object of plan configuration keys")
+    refused = sorted(set(overrides) & set(PREPROCESSING_KEYS))
+    if refused:
+        raise SystemExit(f"variant {name}: {refused} change preprocessing; plan another workspace for that")
+    return name, overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="NAME=JSON overrides of the plan's 3d configuration")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per variant")
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in args.variants)
+    data_dir = shared_data(DATASET)
+    if data_dir is None:
+        print(f"skipped: ../shared/data/{DATASET} is not here")
+        return
+    source = WORK_DIR / "vesalius"
+    if not (source / "preprocessed" / "hippocampus" / "3d").is_dir():
+        prepare_workspace(data_dir, source, 1800.0)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    print(
+        f"{DATASET} fold {args.fold}: {len(variants)} variants, {args.iterations} iterations of batch {args.batch}, "
+        f"{args.threads} thread(s) each, {args.jobs} at a time, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    workspaces = {name: variant_workspace(source, name, o) for name, o in variants.items()}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
+        futures = [
+            pool.submit(run_variant, name, ws, args.fold, args.iterations, args.batch, args.threads, args.seed)
+            for name, ws in workspaces.items()
+        ]
+        results = []
+        for future in futures:
+            r = future.result()
+            dice = ", ".join(f"{k} {v:.4f}" for k, v in r["dice_per_class"].items())
+            print(
+                f"{r['name']}: mean Dice {r['mean_dice']:.4f} ({dice}), {r['iterations']} iterations in "
+                f"{r['train_seconds']:.0f} s ({r['seconds_per_iteration']:.3f} s/iteration)",
+                flush=True,
+            )
+            results.append({**r, "overrides": variants[r["name"]]})
+    emit_json(
+        {
+            "benchmark": "hippocampus_variants",
+            "fold": args.fold,
+            "iterations": args.iterations,
+            "batch_size": args.batch,
+            "threads_per_variant": args.threads,
+            "jobs": args.jobs,
+            "seed": args.seed,
+            "base_configuration": json.loads((source / "preprocessed" / "hippocampus" / "plan.json").read_text())[
+                "configurations"
+            ]["3d"],
+            "variants": results,
+            **machine_and_date(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
