@@ -81,7 +81,7 @@ def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> st
     return case.case_id
 
 
-def preprocessing_settings(plan: dict[str, Any], config: str) -> dict[str, Any]:
+def _preprocessing_settings(plan: dict[str, Any], config: str) -> dict[str, Any]:
     """The parts of a plan that a preprocessed case depends on (target spacing, normalisation, channels)."""
     configuration = plan["configurations"][config]
     return {
@@ -97,9 +97,9 @@ def _drop_stale_cases(folder: Path, plan: dict[str, Any], config: str) -> None:
     if not made_with.is_file():
         return
     previous = json.loads(made_with.read_text())
-    if config in previous.get("configurations", {}) and preprocessing_settings(
+    if config in previous.get("configurations", {}) and _preprocessing_settings(
         previous, config
-    ) == preprocessing_settings(plan, config):
+    ) == _preprocessing_settings(plan, config):
         return
     for path in [*folder.glob("*.npy"), *folder.glob("*.json")]:
         path.unlink()
