@@ -7,6 +7,7 @@ resumed run needs to continue exactly where the last epoch ended.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import atomic_path
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["check_run_folder", "load_checkpoint", "open_run_folder", "save_checkpoint"]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -32,3 +33,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise VesaliusError(f"unreadable checkpoint ({exc})", path, "delete it and train again") from exc
+
+
+def check_run_folder(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to start a new run over a finished or running one unless ``force`` (or ``resume``) says so."""
+    if not resume and not force and (run_dir / "training.json").exists():
+        raise VesaliusError("a run exists here", run_dir, "continue it with --resume, or start over with --force")
+
+
+def open_run_folder(run_dir: Path, *, resume: bool) -> dict[str, Any] | None:
+    """Make ``run_dir`` ready; returns the state of its ``checkpoint_latest.pt`` when resuming from one.
+
+    A new run starts from an empty folder: nothing of an old run (logs, events, checkpoints) may mix in.
+    """
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest = run_dir / "checkpoint_latest.pt"
+    return load_checkpoint(latest) if resume and latest.exists() else None

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from vesalius.models.classifiers import build_classifier, load_pretrained, num_o
 from vesalius.planning.classification import fingerprint_arrays, load_classification_rules, network, plan_classification
 from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
 from vesalius.preprocessing.classification import prepare_images
-from vesalius.training.checkpoint import load_checkpoint, save_checkpoint
+from vesalius.training.checkpoint import check_run_folder, load_checkpoint, open_run_folder, save_checkpoint
 from vesalius.training.classification_config import RESUMABLE, ClassificationConfig
 from vesalius.training.logs import TrainingLog
 from vesalius.training.schedule import learning_rate, progress
@@ -392,8 +391,7 @@ def train_classification(
     if resume:
         cfg = resumed_config(cfg, run_dir, RESUMABLE)
         plan = json.loads((run_dir / "plan.json").read_text())
-    elif (run_dir / "training.json").exists() and not force:
-        raise VesaliusError("a run exists here", run_dir, "continue it with --resume, or start over with --force")
+    check_run_folder(run_dir, resume=resume, force=force)
     cfg = cfg.resolve(plan, fold)
     net = _network_entry(plan, str(cfg.network))
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
@@ -404,13 +402,10 @@ def train_classification(
     del arrays
     if len(data["train"][0]) < 2:
         raise VesaliusError(f"{len(data['train'][0])} training case(s)", remedy="a classifier needs at least 2")
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # --force: nothing of the old run may mix in
-    run_dir.mkdir(parents=True, exist_ok=True)
+    state = open_run_folder(run_dir, resume=resume)
     run = _Run(cfg, plan, net, data, run_dir)
-    latest = run_dir / "checkpoint_latest.pt"
-    if resume and latest.exists():
-        run.load_state(load_checkpoint(latest))
+    if state is not None:
+        run.load_state(state)
     write_json_atomic(run_dir / "plan.json", plan)
     write_json_atomic(
         run_dir / "training.json",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +41,7 @@ from vesalius.errors import VesaliusError
 from vesalius.models import build_network
 from vesalius.planning.planner import load_plan
 from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
-from vesalius.training.checkpoint import load_checkpoint, save_checkpoint
+from vesalius.training.checkpoint import check_run_folder, open_run_folder, save_checkpoint
 from vesalius.training.config import TrainingConfig
 from vesalius.training.logs import TrainingLog
 from vesalius.training.schedule import learning_rate, progress
@@ -298,18 +297,14 @@ def train_segmentation(
     plan = load_plan(cfg.dataset, ws)
     if resume:
         cfg = resumed_config(cfg, run_dir)
-    elif (run_dir / "training.json").exists() and not force:
-        raise VesaliusError("a run exists here", run_dir, "continue it with --resume, or start over with --force")
+    check_run_folder(run_dir, resume=resume, force=force)
     cfg = cfg.resolve(plan)
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     folder, split = _prepare_data(cfg, ws, plan)
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # --force: nothing of the old run (logs, events, checkpoints) may mix in
-    run_dir.mkdir(parents=True, exist_ok=True)
+    state = open_run_folder(run_dir, resume=resume)
     run = _Run(cfg, plan, folder, run_dir, split)
-    latest = run_dir / "checkpoint_latest.pt"
-    if resume and latest.exists():
-        run.load_state(load_checkpoint(latest))
+    if state is not None:
+        run.load_state(state)
     write_json_atomic(run_dir / "plan.json", plan)
     write_json_atomic(
         run_dir / "training.json",
