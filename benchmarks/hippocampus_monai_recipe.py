@@ -57,7 +57,7 @@ def main() -> None:
 
     source = WORK_DIR / "vesalius"
     folder = source / "preprocessed" / "hippocampus" / "3d"
-    if not folder.is_dir():
+    if not (source / "preprocessed" / "hippocampus" / "splits.json").exists():
         prepare_workspace(data_dir, source, 1800.0)
     split = json.loads((source / "preprocessed" / "hippocampus" / "splits.json").read_text())[args.fold]
     torch.set_num_threads(args.threads)

@@ -36,8 +36,11 @@ WORK_DIR = REPO_ROOT / "benchmarks" / ".work"
 
 
 def prepare_workspace(data_dir: Path, ws: Path, budget_s: float) -> tuple[dict[str, Any], dict[str, float]]:
-    """Import (once), plan for the CPU with ``budget_s`` and preprocess; returns the plan and the step timings."""
+    """Import (once), plan for the CPU with ``budget_s``, preprocess and save the 5-fold split (the one training
+    makes: the design trials and the MONAI recipe read it); returns the plan and the step timings."""
     import vesalius
+    from vesalius.data.dataset import Dataset
+    from vesalius.data.splits import load_or_create_splits
 
     timings = {}
     t = time.perf_counter()
@@ -50,6 +53,8 @@ def prepare_workspace(data_dir: Path, ws: Path, budget_s: float) -> tuple[dict[s
     t = time.perf_counter()
     vesalius.preprocess("hippocampus", "3d", workspace=ws)
     timings["preprocess_s"] = time.perf_counter() - t
+    case_ids = [c.case_id for c in Dataset.load(ws / "datasets" / "hippocampus").cases]
+    load_or_create_splits(ws / "preprocessed" / "hippocampus" / "splits.json", case_ids)
     return plan, timings
 
 

@@ -119,7 +119,7 @@ def main() -> None:
         print(f"skipped: ../shared/data/{DATASET} is not here")
         return
     source = WORK_DIR / "vesalius"
-    if not (source / "preprocessed" / "hippocampus" / "3d").is_dir():
+    if not (source / "preprocessed" / "hippocampus" / "splits.json").exists():
         prepare_workspace(data_dir, source, 1800.0)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     print(
