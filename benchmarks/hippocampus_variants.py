@@ -6,7 +6,10 @@ Run it from the project's root::
     python benchmarks/hippocampus_variants.py wide='{"features": [32, 64, 128, 256]}' --fold 1
 
 Each argument ``NAME=JSON`` is a variant: the JSON object overrides keys of the plan's ``3d`` configuration
-(``features``, ``strides``, ``kernels``, ``stem``, ``stem_features``, ``residual_units``, ...). Every variant trains
+(``features``, ``strides``, ``kernels``, ``stem``, ``stem_features``, ``residual_units``, ...) and training settings
+(``optimizer``, ``lr``, ``weight_decay``, ``schedule``, ``precision``, ``augmentation``: see
+:class:`vesalius.training.TrainingConfig`), e.g. ``adamw='{"optimizer": "adamw"}'`` or
+``no_aug='{"augmentation": {"p_rotation": 0, "p_scaling": 0}}'``. Every variant trains
 the same fold for the same number of iterations at the same batch size and seed, so a machine busy with other
 work changes how long a trial takes but not its Dice: on a 2-core machine, two variants at a time with one thread
 each (``--jobs 2``) is the fair and fast way to compare. The fold's validation cases are then predicted on their
@@ -35,6 +38,7 @@ from hippocampus_train import DATASET, WORK_DIR, prepare_workspace
 
 ITERATIONS_PER_EPOCH = 250
 PREPROCESSING_KEYS = ("spacing", "spacing_full")
+TRAINING_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "precision", "augmentation")
 
 
 def variant_workspace(source: Path, name: str, overrides: dict[str, Any]) -> Path:
@@ -53,8 +57,10 @@ def variant_workspace(source: Path, name: str, overrides: dict[str, Any]) -> Pat
     return ws
 
 
-def run_variant(name: str, ws: Path, fold: int, iterations: int, batch: int, threads: int, seed: int) -> dict:
-    """Train one variant's workspace and score the fold's validation cases."""
+def run_variant(
+    name: str, ws: Path, training: dict[str, Any], fold: int, iterations: int, batch: int, threads: int, seed: int
+) -> dict:
+    """Train one variant's workspace with the ``training`` settings and score the fold's validation cases."""
     import torch
 
     from vesalius.evaluation.cross_validation import validate_fold
@@ -70,6 +76,7 @@ def run_variant(name: str, ws: Path, fold: int, iterations: int, batch: int, thr
         batch_size=batch,
         threads=threads,
         seed=seed,
+        **training,
     )
     t = time.perf_counter()
     result = train_segmentation(cfg, ws, force=True)
@@ -96,7 +103,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     except json.JSONDecodeError as error:
         raise SystemExit(f"variant {name}: its overrides are not JSON ({error}); quote them for the shell") from None
     if not isinstance(overrides, dict):
-        raise SystemExit(f"variant {name}: the overrides must be a JSON object of plan configuration keys")
+        raise SystemExit(f"variant {name}: the overrides must be a JSON object (plan keys, training settings)")
     refused = sorted(set(overrides) & set(PREPROCESSING_KEYS))
     if refused:
         raise SystemExit(f"variant {name}: {refused} change preprocessing; plan another workspace for that")
@@ -114,6 +121,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     variants = dict(parse_variant(v) for v in args.variants)
+    training = {name: {k: v for k, v in o.items() if k in TRAINING_KEYS} for name, o in variants.items()}
+    plan_overrides = {name: {k: v for k, v in o.items() if k not in TRAINING_KEYS} for name, o in variants.items()}
     data_dir = shared_data(DATASET)
     if data_dir is None:
         print(f"skipped: ../shared/data/{DATASET} is not here")
@@ -127,11 +136,13 @@ def main() -> None:
         f"{args.threads} thread(s) each, {args.jobs} at a time, load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    workspaces = {name: variant_workspace(source, name, o) for name, o in variants.items()}
+    workspaces = {name: variant_workspace(source, name, o) for name, o in plan_overrides.items()}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
         futures = [
-            pool.submit(run_variant, name, ws, args.fold, args.iterations, args.batch, args.threads, args.seed)
+            pool.submit(
+                run_variant, name, ws, training[name], args.fold, args.iterations, args.batch, args.threads, args.seed
+            )
             for name, ws in workspaces.items()
         ]
         results = []
