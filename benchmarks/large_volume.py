@@ -6,7 +6,8 @@ Run it from the project's root::
     python benchmarks/large_volume.py --shape 256 256 200 --tta
 
 A synthetic 1-channel volume (spacing 0.8 x 0.8 x 1.0 mm) is segmented by a 3D U-Net built from a CPU plan
-configuration (features 16-128, patch 40x56x40 at 1 mm; random weights: time and memory do not depend on them)
+configuration (features 16-128 after a full-resolution stage of 8, patch 40x56x40 at 1 mm; ``--stem strided``
+for the layout without it; random weights: time and memory do not depend on them)
 through :func:`vesalius.inference.predict_image`: preprocessing (crop, resampling to 1 mm, z-score), sliding
 windows (step 0.5, Gaussian), argmax and resampling back to the native grid. Peak RSS is the process's
 ``ru_maxrss``. Needs no shared data. Prints readable lines and one ``BENCHMARK_JSON {...}`` line.
@@ -36,6 +37,7 @@ CONFIG = {
     "kernels": [[3, 3, 3]] * 4,
     "features": [16, 32, 64, 128],
 }
+STEMS = {"full": {"stem": "full", "stem_features": 8}, "strided": {"stem": "strided"}}
 
 
 def main() -> None:
@@ -43,13 +45,14 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 400])
     parser.add_argument("--tta", action="store_true", help="mirror on all three axes (8 passes)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stem", choices=("full", "strided"), default="full", help="the network's first stage")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plan = {
         "channels": ["CT"],
         "labels": {"0": "background", "1": "organ", "2": "lesion"},
         "normalization": [{"scheme": "zscore", "use_nonzero_mask": False}],
-        "configurations": {"3d": {**CONFIG, "mirror_axes": [0, 1, 2] if args.tta else []}},
+        "configurations": {"3d": {**CONFIG, **STEMS[args.stem], "mirror_axes": [0, 1, 2] if args.tta else []}},
     }
     torch.manual_seed(0)
     model = build_network(plan["configurations"]["3d"], 1, 3).eval()
@@ -72,6 +75,7 @@ def main() -> None:
             "benchmark": "large_volume",
             "shape": args.shape,
             "tta": args.tta,
+            "stem": args.stem,
             "threads": args.threads,
             "seconds": seconds,
             "peak_rss_gib": peak,

@@ -17,10 +17,12 @@ from vesalius.planning.rules import (
     features_per_stage,
     load_rules,
     mirror_axes,
+    network_stem,
     normalization,
     patch_and_batch,
     target_spacing,
     topology,
+    training_defaults,
 )
 
 
@@ -112,6 +114,29 @@ def test_a_small_budget_shrinks_the_patch_but_keeps_proportions(rules: dict) -> 
     assert iterations >= rules["devices"]["cpu"]["min_iterations"] * 0.9
 
 
+def test_a_costlier_network_gets_fewer_iterations_and_a_batch_that_keeps_the_minimum(rules: dict) -> None:
+    _, batch, iterations = patch_and_batch((40, 56, 40), 208, "cpu", 1800, 8, 16, rules)
+    _, batch_full, iterations_full = patch_and_batch((40, 56, 40), 208, "cpu", 1800, 8, 16, rules, 3.0)
+    assert batch_full == batch == 10
+    assert iterations_full == pytest.approx(iterations / 3, abs=1)
+    _, batch_small, iterations_small = patch_and_batch((40, 56, 40), 2000, "cpu", 600, 8, 16, rules, 3.0)
+    assert batch_small < 10 and iterations_small >= rules["devices"]["cpu"]["min_iterations"]
+
+
+def test_the_first_stage_is_full_resolution_where_the_rules_name_its_features(rules: dict) -> None:
+    assert network_stem("cpu", "3d", rules) == {"stem": "full", "stem_features": 8}
+    assert network_stem("cpu", "2d", rules) == {"stem": "strided"}
+    assert network_stem("cuda:1", "3d", rules) == {"stem": "strided"}
+    custom = load_rules({"full_resolution_stage": {"cpu": {}, "cuda": {"3d": 32}}})
+    assert network_stem("cpu", "3d", custom) == {"stem": "strided"}
+    assert network_stem("cuda", "3d", custom) == {"stem": "full", "stem_features": 32}
+
+
+def test_cpu_plans_suggest_adamw_with_cosine_decay_and_gpu_plans_sgd_with_poly(rules: dict) -> None:
+    assert training_defaults("cpu", rules) == {"optimizer": "adamw", "schedule": "cosine"}
+    assert training_defaults("cuda:0", rules) == {"optimizer": "sgd", "schedule": "poly"}
+
+
 def test_memory_caps_the_batch(rules: dict) -> None:
     _, batch_big, _ = patch_and_batch((64, 64), 10000, "cuda", 40000, 100, 32, rules)
     _, batch_small, _ = patch_and_batch((64, 64), 10000, "cuda", 40000, 0.05, 32, rules)
@@ -191,6 +216,8 @@ def test_plan_of_a_synthetic_data_set_has_mirror_axes_and_refreshes_an_old_finge
     # lesions lie anywhere inside the organ: no fixed order, every axis may be mirrored
     assert plan["configurations"]["3d"]["mirror_axes"] == [0, 1, 2]
     assert plan["configurations"]["2d"]["mirror_axes"] == [0, 1]
+    assert plan["configurations"]["3d"]["stem"] == "full" and plan["configurations"]["2d"]["stem"] == "strided"
+    assert plan["training"] == {"optimizer": "adamw", "schedule": "cosine"}  # planned for the CPU
 
     fp_path = workspace / "preprocessed" / "phantom" / "fingerprint.json"
     saved = json.loads(fp_path.read_text())

@@ -92,6 +92,18 @@ def test_training_config_resolves_from_plan_and_rejects_bad_values():
         TrainingConfig("x", config="2d").resolve(plan)
 
 
+def test_optimizer_and_schedule_come_from_the_plan_unless_given():
+    plan = {"configurations": {"3d": {"batch_size": 4, "patch_size": [8, 8, 8], "iterations": 1000}}}
+    old = TrainingConfig("x").resolve(plan)  # a plan without a training entry: nnU-Net's SGD + poly
+    assert (old.optimizer, old.schedule, old.lr, old.weight_decay) == ("sgd", "poly", 1e-2, 3e-5)
+    plan["training"] = {"optimizer": "adamw", "schedule": "cosine"}
+    cpu = TrainingConfig("x").resolve(plan)
+    assert (cpu.optimizer, cpu.schedule, cpu.lr, cpu.weight_decay) == ("adamw", "cosine", 2e-3, 1e-2)
+    given = TrainingConfig("x", optimizer="sgd", schedule="poly").resolve(plan)
+    assert (given.optimizer, given.schedule, given.lr) == ("sgd", "poly", 1e-2)
+    assert TrainingConfig.from_dict(cpu.to_dict()).resolve(plan) == cpu
+
+
 # -- real training on phantoms ------------------------------------------------------------------------------------
 
 

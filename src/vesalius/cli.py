@@ -226,11 +226,11 @@ def train(
         str | None, typer.Option(help="Wall budget of the training loop, e.g. 30m (default: the plan's).")
     ] = None,
     optimizer: Annotated[
-        str | None, typer.Option(help="sgd or adamw (default: sgd; classification: the plan's).")
+        str | None, typer.Option(help="sgd or adamw (default: the plan's; CPU plans adamw, GPU plans sgd).")
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Initial learning rate (default per optimizer).")] = None,
     schedule: Annotated[
-        str | None, typer.Option(help="Decay: poly, cosine, or step (classification); default: poly / the plan's.")
+        str | None, typer.Option(help="Decay: poly, cosine, or step (classification); default: the plan's.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the plan's).")] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
@@ -273,7 +273,6 @@ def train(
         )
         _print_classification(trained)
         return
-    defaults = {"optimizer": optimizer, "schedule": schedule}
     result = vesalius.train(
         name,
         config=config,
@@ -291,7 +290,8 @@ def train(
         precision=precision,
         device=device,
         seed=seed,
-        **{k: v for k, v in defaults.items() if v is not None},
+        optimizer=optimizer,
+        schedule=schedule,
     )
     out.print(
         f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s -> "

@@ -2,7 +2,8 @@
 
 A plan holds the normalisation per channel and one entry per configuration (``"2d"``, ``"3d"``): target
 spacing, patch size, batch size, strides and kernels per stage, features per stage, the number of
-iterations the budget allows and the axes augmentation may mirror (in the configuration's patch axes). Every
+iterations the budget allows, the layout of the first stage (``stem``) and the axes augmentation may mirror (in
+the configuration's patch axes); ``training`` suggests the optimizer and schedule for the planned device. Every
 number comes from a rule in :mod:`vesalius.planning.rules`.
 """
 
@@ -22,10 +23,12 @@ from vesalius.planning.rules import (
     features_per_stage,
     load_rules,
     mirror_axes,
+    network_stem,
     normalization,
     patch_and_batch,
     target_spacing,
     topology,
+    training_defaults,
 )
 from vesalius.workspace import Workspace
 
@@ -86,6 +89,7 @@ def make_plan(
         "labels": {str(k): v for k, v in dataset.labels.items()},
         "normalization": norms,
         "budget": {"device": dev_key, "time_budget_s": budget, "memory_gb": memory},
+        "training": training_defaults(dev_key, rules),
         "configurations": configurations,
     }
 
@@ -101,11 +105,13 @@ def _configuration(
     rules: Rules,
 ) -> dict[str, Any]:
     base = rules["base_features"][device]
+    stem = network_stem(device, key, rules)
+    cost = rules["full_resolution_stage_cost"] if stem["stem"] == "full" else 1.0
     patch, batch, _ = patch_and_batch(
-        tuple(round(s) for s in median_shape), num_samples, device, budget, memory, base, rules
+        tuple(round(s) for s in median_shape), num_samples, device, budget, memory, base, rules, cost
     )
     strides, kernels, patch = topology(patch, spacing, rules, key)
-    _, batch, iterations = patch_and_batch(patch, num_samples, device, budget, memory, base, rules)
+    _, batch, iterations = patch_and_batch(patch, num_samples, device, budget, memory, base, rules, cost)
     return {
         "spacing": list(spacing),
         "median_shape": [round(float(s), 1) for s in median_shape],
@@ -116,6 +122,7 @@ def _configuration(
         "features": features_per_stage(len(strides), device, key, rules),
         "iterations": iterations,
         "deep_supervision": True,
+        **stem,
     }
 
 

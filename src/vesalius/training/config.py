@@ -45,7 +45,8 @@ class TrainingConfig:
         time_budget_s: wall seconds for the training loop (validation included), or ``None``.
         batch_size, patch_size: default: the plan's.
         optimizer: ``"sgd"`` (Nesterov, momentum 0.99) or ``"adamw"``; ``lr`` and ``weight_decay`` default per
-            optimizer; ``schedule``: ``"poly"`` (exponent 0.9) or ``"cosine"``.
+            optimizer; ``schedule``: ``"poly"`` (exponent 0.9) or ``"cosine"``. Both default to the plan's
+            ``training`` entry (CPU plans: AdamW + cosine; GPU plans and plans without it: SGD + poly).
         precision: ``"auto"`` (bf16 autocast on a CPU with native bf16 or on CUDA, else fp32), ``"fp32"``,
             ``"bf16"``, ``"fp16"`` (CUDA, with gradient scaling).
         val_batches: batches of fixed validation patches for the per-epoch pseudo-Dice.
@@ -63,10 +64,10 @@ class TrainingConfig:
     time_budget_s: float | None = None
     batch_size: int | None = None
     patch_size: tuple[int, ...] | None = None
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    schedule: str = "poly"
+    schedule: str | None = None
     precision: str = "auto"
     val_batches: int = 10
     seed: int = 0
@@ -75,9 +76,9 @@ class TrainingConfig:
     augmentation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise VesaliusError(f"unknown optimizer '{self.optimizer}'", remedy=f"use one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             raise VesaliusError(f"unknown schedule '{self.schedule}'", remedy=f"use one of {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise VesaliusError(f"unknown precision '{self.precision}'", remedy=f"use one of {', '.join(PRECISIONS)}")
@@ -98,6 +99,8 @@ class TrainingConfig:
                 f"the plan has no '{self.config}' configuration", remedy=f"use one of {list(plan['configurations'])}"
             )
         plan_config = plan["configurations"][self.config]
+        suggested = {"optimizer": "sgd", "schedule": "poly", **plan.get("training", {})}
+        optimizer = self.optimizer or suggested["optimizer"]
         epochs = self.epochs
         budget = self.time_budget_s
         if epochs is None:
@@ -110,8 +113,10 @@ class TrainingConfig:
             time_budget_s=budget,
             batch_size=self.batch_size or int(plan_config["batch_size"]),
             patch_size=tuple(int(p) for p in (self.patch_size or plan_config["patch_size"])),
-            lr=self.lr if self.lr is not None else DEFAULT_LR[self.optimizer],
-            weight_decay=self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer],
+            optimizer=optimizer,
+            schedule=self.schedule or suggested["schedule"],
+            lr=self.lr if self.lr is not None else DEFAULT_LR[optimizer],
+            weight_decay=self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer],
         )
 
     @property
