@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from common import dice_per_class, emit_json, machine_and_date, shared_data
-from hippocampus_train import DATASET, WORK_DIR, prepare_workspace
+from hippocampus_train import DATASET, benchmark_workspace
 
 CANVAS = (48, 64, 48)
 LABELS = {1: "Anterior", 2: "Posterior"}
@@ -55,10 +55,8 @@ def main() -> None:
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
 
-    source = WORK_DIR / "vesalius"
+    source = benchmark_workspace(data_dir)
     folder = source / "preprocessed" / "hippocampus" / "3d"
-    if not (source / "preprocessed" / "hippocampus" / "splits.json").exists():
-        prepare_workspace(data_dir, source, 1800.0)
     split = json.loads((source / "preprocessed" / "hippocampus" / "splits.json").read_text())[args.fold]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from common import emit_json, machine_and_date, shared_data
-from hippocampus_train import DATASET, WORK_DIR, prepare_workspace
+from hippocampus_train import DATASET, WORK_DIR, benchmark_workspace
 
 ITERATIONS_PER_EPOCH = 250
 PREPROCESSING_KEYS = ("spacing", "spacing_full")
@@ -127,9 +127,7 @@ def main() -> None:
     if data_dir is None:
         print(f"skipped: ../shared/data/{DATASET} is not here")
         return
-    source = WORK_DIR / "vesalius"
-    if not (source / "preprocessed" / "hippocampus" / "splits.json").exists():
-        prepare_workspace(data_dir, source, 1800.0)
+    source = benchmark_workspace(data_dir)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     print(
         f"{DATASET} fold {args.fold}: {len(variants)} variants, {args.iterations} iterations of batch {args.batch}, "
