@@ -27,6 +27,8 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
+from vesalius.models.norm import fuse_instance_norm_act
+
 __all__ = ["UNet", "build_network"]
 
 _NORM = ("INSTANCE", {"affine": True})
@@ -107,6 +109,7 @@ class UNet(nn.Module):
             self.output_up = _up(dims, features[0], stem_features, strides[0])
             self.output_block = _residual(dims, stem_features, stem_features, [1] * dims, kernels[0], 1)
             self.output_head = _head(dims, stem_features, num_classes)
+        fuse_instance_norm_act(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = []
