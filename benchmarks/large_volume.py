@@ -37,7 +37,7 @@ CONFIG = {
     "kernels": [[3, 3, 3]] * 4,
     "features": [16, 32, 64, 128],
 }
-STEMS = {"full": {"stem": "full", "stem_features": 8}, "strided": {"stem": "strided"}}
+STEMS = {"full": {"stem": "full"}, "strided": {"stem": "strided"}}
 
 
 def main() -> None:

@@ -123,13 +123,13 @@ def test_a_costlier_network_gets_fewer_iterations_and_a_batch_that_keeps_the_min
     assert batch_small < 10 and iterations_small >= rules["devices"]["cpu"]["min_iterations"]
 
 
-def test_the_first_stage_is_full_resolution_where_the_rules_name_its_features(rules: dict) -> None:
-    assert network_stem("cpu", "3d", rules) == {"stem": "full", "stem_features": 8}
+def test_the_first_stage_is_full_resolution_where_the_rules_list_the_configuration(rules: dict) -> None:
+    assert network_stem("cpu", "3d", rules) == {"stem": "full"}
     assert network_stem("cpu", "2d", rules) == {"stem": "strided"}
     assert network_stem("cuda:1", "3d", rules) == {"stem": "strided"}
-    custom = load_rules({"full_resolution_stage": {"cpu": {}, "cuda": {"3d": 32}}})
+    custom = load_rules({"full_resolution_stage": {"cpu": [], "cuda": ["3d"]}})
     assert network_stem("cpu", "3d", custom) == {"stem": "strided"}
-    assert network_stem("cuda", "3d", custom) == {"stem": "full", "stem_features": 32}
+    assert network_stem("cuda", "3d", custom) == {"stem": "full"}
 
 
 def test_cpu_plans_suggest_adamw_with_cosine_decay_and_gpu_plans_sgd_with_poly(rules: dict) -> None:

@@ -125,18 +125,18 @@ def features_per_stage(num_stages: int, device: str, dims_key: str, rules: Rules
 
 
 def network_stem(device: str, dims_key: str, rules: Rules) -> dict[str, Any]:
-    """How the U-Net's first stage works: ``{"stem": "full", "stem_features": F}`` (a stage of ``F`` features at the
-    input resolution before the first pooling, as in nnU-Net) where ``full_resolution_stage[device][dims_key]``
-    names ``F``, else ``{"stem": "strided"}`` (the first convolution pools; the cheapest layout).
+    """How the U-Net's first stage works: ``{"stem": "full"}`` (the first stage, of the plan's first feature count,
+    at the input resolution before the first pooling, as in nnU-Net) for the configurations that
+    ``full_resolution_stage[device]`` lists, else ``{"stem": "strided"}`` (the first convolution pools; the cheapest
+    layout).
 
     Measured on MSD Hippocampus (CPU, ``benchmarks/hippocampus_variants.py``: 2000 iterations of batch 3): with
-    AdamW + cosine the 8-feature full-resolution stage reached a mean Dice of 0.8815 / 0.8814 on folds 0 / 1,
-    the strided stem with SGD + poly 0.8725 / 0.8602 (on fold 0: the stage alone 0.878, AdamW alone 0.874), at
-    1.9x the time per iteration (3x at batch 10 on 2 threads: ``full_resolution_stage_cost``).
+    AdamW + cosine, the full-resolution stage (16 features) reached a mean Dice of 0.8815 / 0.8814 on folds 0 / 1,
+    the strided stem with SGD + poly 0.8725 / 0.8602 (on fold 0: AdamW alone 0.874), at 1.9x the time per
+    iteration (3x at batch 10 on 2 threads: ``full_resolution_stage_cost``).
     """
     dev = "cuda" if device.startswith("cuda") else "cpu"
-    features = rules["full_resolution_stage"][dev].get(dims_key)
-    return {"stem": "full", "stem_features": int(features)} if features else {"stem": "strided"}
+    return {"stem": "full" if dims_key in rules["full_resolution_stage"][dev] else "strided"}
 
 
 def training_defaults(device: str, rules: Rules) -> dict[str, str]:
