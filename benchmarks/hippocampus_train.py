@@ -79,7 +79,7 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
     config = plan["configurations"]["3d"]
     print(
         f"plan 3d: spacing {config['spacing']}, patch {config['patch_size']}, batch {config['batch_size']}, "
-        f"features {config['features']}, stem {config.get('stem', 'strided')} {config.get('stem_features', '')}, "
+        f"features {config['features']}, stem {config.get('stem', 'strided')}, "
         f"mirror axes {config.get('mirror_axes')}, training {plan.get('training')}",
         flush=True,
     )

@@ -6,7 +6,7 @@ Run it from the project's root::
     python benchmarks/large_volume.py --shape 256 256 200 --tta
 
 A synthetic 1-channel volume (spacing 0.8 x 0.8 x 1.0 mm) is segmented by a 3D U-Net built from a CPU plan
-configuration (features 16-128 after a full-resolution stage of 8, patch 40x56x40 at 1 mm; ``--stem strided``
+configuration (features 16-128, the first stage at full resolution, patch 40x56x40 at 1 mm; ``--stem strided``
 for the layout without it; random weights: time and memory do not depend on them)
 through :func:`vesalius.inference.predict_image`: preprocessing (crop, resampling to 1 mm, z-score), sliding
 windows (step 0.5, Gaussian), argmax and resampling back to the native grid. Peak RSS is the process's
