@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up, run the demo) and `make test` (set up, run the tests).
+# Quick start: `make demo` (set up, run the demo) and `make test` (set up, run the tests); `make docs` builds the site.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ NIIVUE := $(VIEWER)/node_modules/.package-lock.json
 BROWSER := $(VENV)/.browser-checked
 AS_ROOT_WITH_APT := [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 setup: $(STAMP) $(NIIVUE) $(BROWSER)
 
@@ -43,5 +43,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The documentation site (MkDocs; API reference generated from the docstrings), strict: a broken reference fails.
+docs: setup
+	$(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) vesalius_work
+	rm -rf $(VENV) vesalius_work site

@@ -1,22 +1,26 @@
 """Vesalius: deep learning on medical images.
 
-The Python API mirrors the command-line tool, one call per step::
+The Python API mirrors the command-line tool, one call per step, for segmentation and classification alike (the
+data set or the model says which task; the dispatch happens here, once)::
 
     import vesalius
     vesalius.import_dataset("Task04_Hippocampus", "hippo")
     vesalius.plan("hippo")
     vesalius.preprocess("hippo", "3d")
-    vesalius.train("hippo", "3d", fold=0, time_budget_s=1800)
+    result = vesalius.train("hippo", fold=0, time_budget_s=1800)
+    vesalius.predict("images/", "predictions/", result.run_dir)
+    vesalius.evaluate("predictions/", "labels/")
 
 Heavy dependencies load on first use, so ``import vesalius`` is cheap.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["import_dataset", "plan", "preprocess", "train", "train_classifier", "verify"]
+__all__ = ["evaluate", "import_dataset", "plan", "predict", "preprocess", "train", "validate", "verify"]
 
 
 def import_dataset(source: Any, name: str, **kwargs: Any) -> Any:
@@ -35,22 +39,30 @@ def verify(name: str, workspace: Any = None) -> Any:
     return verify_dataset(Dataset.load(Workspace.resolve(workspace).dataset_dir(name)))
 
 
-def plan(name: str, workspace: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Fingerprint and plan a data set; see :func:`vesalius.planning.planner.plan_dataset` (classification:
-    :func:`vesalius.training.classification.plan_classification_dataset`)."""
+def _task(name: str, workspace: Any) -> str:
     from vesalius.data.dataset import dataset_task
-    from vesalius.planning.planner import plan_dataset
     from vesalius.workspace import Workspace
 
-    if dataset_task(Workspace.resolve(workspace).dataset_dir(name)) == "classification":
-        from vesalius.training.classification import plan_classification_dataset
+    return dataset_task(Workspace.resolve(workspace).dataset_dir(name))
 
+
+def plan(name: str, workspace: Any = None, **kwargs: Any) -> Any:
+    """Plan a data set and save the plan: a :class:`~vesalius.planning.plan.Plan` for segmentation
+    (:func:`vesalius.planning.planner.plan_dataset`: ``device``, ``time_budget_s``, ``memory_gb``), a
+    :class:`~vesalius.planning.plan.ClassificationPlan` for classification
+    (:func:`vesalius.planning.classification.plan_classification_dataset`: ``device``, ``time_budget_s``)."""
+    if _task(name, workspace) == "classification":
+        from vesalius.planning.classification import plan_classification_dataset
+
+        kwargs.pop("memory_gb", None)
         return plan_classification_dataset(name, workspace, **kwargs)[0]
+    from vesalius.planning.planner import plan_dataset
+
     return plan_dataset(name, workspace, **kwargs)[0]
 
 
 def preprocess(name: str, config: str = "3d", workspace: Any = None, **kwargs: Any) -> Any:
-    """Preprocess a planned data set; see :func:`vesalius.preprocessing.pipeline.preprocess_dataset`."""
+    """Preprocess a planned segmentation data set; see :func:`vesalius.preprocessing.pipeline.preprocess_dataset`."""
     from vesalius.preprocessing.pipeline import preprocess_dataset
 
     return preprocess_dataset(name, config, workspace, **kwargs)
@@ -58,8 +70,8 @@ def preprocess(name: str, config: str = "3d", workspace: Any = None, **kwargs: A
 
 def train(
     name: str,
-    config: str = "3d",
-    fold: int | str = 0,
+    config: str | None = None,
+    fold: int | str | None = None,
     workspace: Any = None,
     *,
     resume: bool = False,
@@ -69,61 +81,92 @@ def train(
     report: bool = True,
     **settings: Any,
 ) -> Any:
-    """Train one fold (or ``"all"``) and, for a fold, score its validation cases on their original grids.
+    """Train a model on one fold of a data set (or ``"all"``), validate it and write its report.
 
-    ``settings`` are :class:`vesalius.training.TrainingConfig` fields (``epochs``, ``time_budget_s``, ``lr``,
-    ...). Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of
-    :func:`vesalius.evaluation.cross_validation.validate_fold` (``None`` for ``"all"`` or ``validate=False``).
-    With ``report``, the run folder then gets ``report.html`` (:func:`vesalius.reporting.report.build_report`); a
-    failure to write it is a warning, never a lost run.
+    Segmentation data sets train a U-Net of plan configuration ``config`` (default: ``"3d"`` where the plan has
+    it, else ``"2d"``); ``settings`` are :class:`vesalius.training.SegmentationSettings` fields (``epochs``,
+    ``time_budget_s``, ``lr``, ``precision``, ...); ``fold`` defaults to 0. Classification data sets train a
+    classifier (``config`` must be ``None``); ``settings`` are :class:`vesalius.training.ClassificationSettings`
+    fields (``network``, ``epochs``, ``balance``, ...); ``fold`` defaults to ``"auto"`` (the source's official split
+    where it has one).
+
+    Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of :func:`validate`
+    (``None`` without validation cases or with ``validate=False``). With ``report``, the run folder then gets
+    ``report.html`` (:func:`vesalius.reporting.report.build_report`); a failure to write it is a warning, never a
+    lost run.
     """
-    from vesalius.training import TrainingConfig, train_segmentation
+    if _task(name, workspace) == "classification":
+        from vesalius.training.classification import train_classification
+        from vesalius.training.settings import ClassificationSettings
 
-    cfg = TrainingConfig(dataset=name, config=config, fold=fold, **settings)
-    result = train_segmentation(cfg, workspace, resume=resume, force=force, show_progress=show_progress)
-    if validate and fold != "all":
-        from vesalius.evaluation.cross_validation import validate_fold
+        if config is not None:
+            from vesalius.errors import VesaliusError
 
-        result.validation = validate_fold(result.run_dir, workspace, device=cfg.device)
-    if report:
-        from vesalius.reporting.report import build_report_or_warn
+            raise VesaliusError(f"'{name}' is a classification data set: it has no plan configurations")
+        cls_settings = ClassificationSettings(dataset=name, fold="auto" if fold is None else fold, **settings)
+        run = train_classification
+        chosen: Any = cls_settings
+    else:
+        from vesalius.training.segmentation import train_segmentation
+        from vesalius.training.settings import SegmentationSettings
 
-        build_report_or_warn(result.run_dir, workspace=workspace)
-    return result
+        if config is None:
+            from vesalius.planning.planner import load_plan
 
-
-def train_classifier(
-    name: str,
-    fold: int | str = "auto",
-    workspace: Any = None,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    validate: bool = True,
-    show_progress: bool = False,
-    report: bool = True,
-    **settings: Any,
-) -> Any:
-    """Train a classifier on a classification data set's split and score its validation cases.
-
-    ``fold``: ``"auto"`` (the source's official train/val split, else fold 0), ``"official"``, 0-4 (stratified
-    folds) or ``"all"``. ``settings`` are :class:`vesalius.training.classification_config.ClassificationConfig`
-    fields (``network``, ``epochs``, ``time_budget_s``, ``lr``, ``balance``, ...). Returns a
-    :class:`vesalius.training.classification.ClassificationResult` whose ``validation`` holds the metrics of
-    :func:`vesalius.evaluation.classification_eval.validate_classifier` (``None`` without validation cases or with
-    ``validate=False``); with ``report``, the run folder gets ``report.html`` (a failure is only a warning).
-    """
-    from vesalius.training.classification import train_classification
-    from vesalius.training.classification_config import ClassificationConfig
-
-    cfg = ClassificationConfig(dataset=name, fold=fold, **settings)
-    result = train_classification(cfg, workspace, resume=resume, force=force, show_progress=show_progress)
+            config = "3d" if "3d" in load_plan(name, workspace).configurations else "2d"
+        chosen = SegmentationSettings(dataset=name, config=config, fold=0 if fold is None else fold, **settings)
+        run = train_segmentation  # type: ignore[assignment]
+    result = run(chosen, workspace, resume=resume, force=force, show_progress=show_progress)
     if validate:
-        from vesalius.evaluation.classification_eval import validate_classifier
+        from vesalius.evaluation.validation import validate_run
 
-        result.validation = validate_classifier(result.run_dir, workspace, device=cfg.device)
+        result.validation = validate_run(result.run_dir, workspace, device=chosen.device)
     if report:
         from vesalius.reporting.report import build_report_or_warn
 
         build_report_or_warn(result.run_dir, workspace=workspace)
     return result
+
+
+def validate(run_dir: str | Path, workspace: Any = None, **kwargs: Any) -> dict[str, Any] | None:
+    """Predict and score a trained model's validation cases; see :func:`vesalius.evaluation.validation.validate_run`
+    (``checkpoint``, ``device``, ``precision``: by default the training precision)."""
+    from vesalius.evaluation.validation import validate_run
+
+    return validate_run(run_dir, workspace, **kwargs)
+
+
+def predict(source: str | Path, output: str | Path, model: str | Path, **options: Any) -> Any:
+    """Predict the images in ``source`` with a trained model (a run folder, or a folder of folds) into ``output``.
+
+    Segmentation (:func:`vesalius.inference.segmentation.segment_files`; ``fast``, ``probabilities``,
+    ``postprocess``, ``fill_holes``, ...) returns the written label maps; classification
+    (:func:`vesalius.inference.classification.classify_files`; ``explain``) the predictions CSV. Both take
+    ``checkpoint``, ``device`` and ``precision`` (default: the training precision).
+    """
+    from vesalius.model_package import find_packages
+
+    if find_packages(model)[0].task == "classification":
+        from vesalius.inference.classification import classify_files
+
+        return classify_files(source, output, model, **options)
+    from vesalius.inference.segmentation import segment_files
+
+    return segment_files(source, output, model, **options)
+
+
+def evaluate(predictions: str | Path, reference: str | Path, workspace: Any = None, **options: Any) -> dict:
+    """Score predictions and return the summary (also written).
+
+    A folder of label maps against a folder of references (``reference``):
+    :func:`vesalius.evaluation.segmentation.evaluate_folder` (``labels``, ``tolerance_mm``, ``output_dir``). A
+    predictions CSV against the targets of data set ``reference``:
+    :func:`vesalius.evaluation.classification.evaluate_predictions_csv` (``output_dir``).
+    """
+    if Path(predictions).suffix.lower() == ".csv":
+        from vesalius.evaluation.classification import evaluate_predictions_csv
+
+        return evaluate_predictions_csv(predictions, str(reference), workspace, **options)
+    from vesalius.evaluation.segmentation import evaluate_folder
+
+    return evaluate_folder(predictions, reference, **options)

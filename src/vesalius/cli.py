@@ -151,34 +151,33 @@ def plan(
 ) -> None:
     """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation (classification:
     input size, network, batch, optimiser, augmentation)."""
-    from vesalius.data.dataset import dataset_task
-    from vesalius.planning.planner import plan_dataset
+    import vesalius
+    from vesalius.planning.plan import ClassificationPlan
     from vesalius.workspace import Workspace
 
     budget = parse_duration(time_budget) if time_budget else None
-    if dataset_task(Workspace.resolve(workspace).dataset_dir(name)) == "classification":
-        from vesalius.training.classification import plan_classification_dataset
-
-        plan, path = plan_classification_dataset(name, workspace, device=device, time_budget_s=budget)
+    result = vesalius.plan(name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb)
+    ws = Workspace.resolve(workspace)
+    if isinstance(result, ClassificationPlan):
         out.print(
-            f"classification ({plan['target_type']}): input {plan['input_size']}, network {plan['network']}, "
-            f"batch {plan['batch_size']}, {plan['optimizer']} lr {plan['lr']:g}, {plan['epochs']} epochs, "
-            f"balance {plan['balance']}",
+            f"classification ({result.target_type}): input {list(result.input_size)}, network {result.network.name}, "
+            f"batch {result.batch_size}, {result.optimizer} lr {result.lr:g}, {result.epochs} epochs, "
+            f"balance {result.balance}",
             markup=False,
             highlight=False,
         )
-        out.print(f"plan written to {path}", markup=False, highlight=False)
+        out.print(f"plan written to {ws.classification_plan_path(name)}", markup=False, highlight=False)
         return
-    result, path = plan_dataset(name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb)
-    for key, config in result["configurations"].items():
+    for key, configuration in result.configurations.items():
         out.print(
-            f"{key}: spacing {config['spacing']}, patch {config['patch_size']}, batch {config['batch_size']}, "
-            f"features {config['features']}, ~{config['iterations']} iterations in the budget",
+            f"{key}: spacing {list(configuration.spacing)}, patch {list(configuration.patch_size)}, "
+            f"batch {configuration.batch_size}, features {list(configuration.features)}, "
+            f"~{configuration.iterations} iterations in the budget",
             markup=False,
             highlight=False,
         )
-    out.print(f"normalisation: {[n['scheme'] for n in result['normalization']]}", markup=False)
-    out.print(f"plan written to {path}", markup=False, highlight=False)
+    out.print(f"normalisation: {[n.scheme for n in result.normalization]}", markup=False)
+    out.print(f"plan written to {ws.plan_path(name)}", markup=False, highlight=False)
 
 
 @app.command()
@@ -199,7 +198,9 @@ def preprocess(
 @app.command()
 def train(
     name: Annotated[str, typer.Argument(help="Data set name in the workspace (segmentation: planned).")],
-    config: Annotated[str, typer.Option(help="Segmentation plan configuration: 3d or 2d.")] = "3d",
+    config: Annotated[
+        str | None, typer.Option(help="Segmentation plan configuration: 3d or 2d (default: 3d where planned).")
+    ] = None,
     fold: Annotated[
         str | None,
         typer.Option(
@@ -248,65 +249,61 @@ def train(
     from vesalius.workspace import Workspace
 
     budget = parse_duration(time_budget) if time_budget else None
+    common = {
+        "epochs": epochs,
+        "time_budget_s": budget,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "lr": lr,
+        "schedule": schedule,
+        "precision": precision,
+        "device": device,
+        "seed": seed,
+    }
     if dataset_task(Workspace.resolve(workspace).dataset_dir(name), task) == "classification":
-        trained = vesalius.train_classifier(
-            name,
-            fold="auto" if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold)),
-            workspace=workspace,
-            resume=resume,
-            force=force,
-            validate=validate,
-            show_progress=err.is_terminal,
-            network=network,
-            epochs=epochs,
-            time_budget_s=budget,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            schedule=schedule,
-            balance=balance,
-            early_stopping=early_stopping,
-            pretrained=str(pretrained) if pretrained else None,
-            precision=precision,
-            device=device,
-            seed=seed,
-        )
-        _print_classification(trained)
-        return
+        task_settings: dict = {
+            "network": network,
+            "balance": balance,
+            "early_stopping": early_stopping,
+            "pretrained": str(pretrained) if pretrained else None,
+        }
+        chosen_fold = None if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold))
+        chosen_config = None
+    else:
+        task_settings = {"iterations_per_epoch": iters_per_epoch}
+        chosen_fold = None if fold is None else (fold if fold == "all" else _fold_number(fold))
+        chosen_config = config
     result = vesalius.train(
         name,
-        config=config,
-        fold=0 if fold is None else (fold if fold == "all" else _fold_number(fold)),
-        workspace=workspace,
+        chosen_config,
+        chosen_fold,
+        workspace,
         resume=resume,
         force=force,
         validate=validate,
         show_progress=err.is_terminal,
-        epochs=epochs,
-        iterations_per_epoch=iters_per_epoch,
-        time_budget_s=budget,
-        lr=lr,
-        batch_size=batch_size,
-        precision=precision,
-        device=device,
-        seed=seed,
-        optimizer=optimizer,
-        schedule=schedule,
+        **common,
+        **task_settings,
     )
+    best = ""
+    if result.best_epoch is not None and chosen_config is None:
+        best = f", best validation AUC {result.best_score:.3f} at epoch {result.best_epoch}"
     out.print(
-        f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s -> "
-        f"{result.run_dir}",
+        f"trained {result.iterations} iterations ({result.epochs} epochs, stopped by {result.stopped}) in "
+        f"{result.elapsed_s:.0f} s{best} -> {result.run_dir}",
         markup=False,
         highlight=False,
     )
-    if result.validation:
-        dice = ", ".join(f"{k} {v:.3f}" for k, v in result.validation["dice"].items())
+    summary = result.validation
+    if summary and "dice" in summary:
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in summary["dice"].items())
         out.print(
-            f"validation Dice ({len(result.validation['cases'])} cases): mean {result.validation['dice_mean']:.3f}"
-            f" ({dice})",
+            f"validation Dice ({len(summary['cases'])} cases): mean {summary['dice_mean']:.3f} ({dice})",
             markup=False,
             highlight=False,
         )
+    elif summary:
+        _print_classification_metrics(summary, "validation")
     if (result.run_dir / "report.html").is_file():
         out.print(f"report: {result.run_dir / 'report.html'}", markup=False, highlight=False)
 
@@ -327,37 +324,35 @@ def predict(
     ] = True,
     fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Fill the holes of every class.")] = False,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 where the CPU has it natively, as in training), fp32, bf16 or fp16.")
-    ] = "auto",
+        str | None,
+        typer.Option(help="auto (bf16 where the CPU has it natively), fp32, bf16 or fp16 (default: as trained)."),
+    ] = None,
     explain: Annotated[
         bool, typer.Option("--explain", help="Classification: Grad-CAM overlays (PNG; 3D: slices and a NIfTI map).")
     ] = False,
 ) -> None:
     """Segment images with a trained model (each output on its input's grid), or classify them with a trained
     classifier (a CSV of class probabilities)."""
-    from vesalius.inference.classify import classify_files, is_classification_model
-    from vesalius.inference.predictor import predict_files
+    import vesalius
+    from vesalius.model_package import find_packages
 
     def report(case) -> None:  # type: ignore[no-untyped-def]
         err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
 
-    if is_classification_model(model):
-        table = classify_files(input, output, model, checkpoint=checkpoint, explain=explain, device=device)
+    options = {"checkpoint": checkpoint, "device": device, "precision": precision, "on_case": report}
+    if find_packages(model)[0].task == "classification":
+        table = vesalius.predict(input, output, model, explain=explain, **options)
         out.print(f"class probabilities written to {table}", markup=False, highlight=False)
         return
-
-    written = predict_files(
+    written = vesalius.predict(
         input,
         output,
         model,
         fast=fast,
         probabilities=probabilities,
-        checkpoint=checkpoint,
-        device=device,
         postprocess=postprocess,
         fill_holes=fill_holes,
-        precision=precision,
-        on_case=report,
+        **options,
     )
     out.print(f"{len(written)} segmentation(s) written to {written[0].parent}", markup=False, highlight=False)
 
@@ -384,18 +379,19 @@ def evaluate(
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall, volumes per case and class (distances in mm); for a
     predictions CSV: accuracy, balanced accuracy, AUC, F1, sensitivity, specificity, confusion matrix, ECE and
     bootstrap 95% intervals (summary.json)."""
-    from vesalius.evaluation.evaluate import evaluate_folder, label_names
+    import vesalius
+    from vesalius.evaluation.segmentation import label_names
 
     if predictions.suffix.lower() == ".csv":
-        from vesalius.evaluation.classification_eval import evaluate_predictions_csv
-
-        scores = evaluate_predictions_csv(predictions, str(references), workspace, output_dir=output)
+        scores = vesalius.evaluate(predictions, str(references), workspace, output_dir=output)
         _print_classification_metrics(scores, "predictions")
         out.print(f"metrics written to {output or predictions.parent}", markup=False, highlight=False)
         return
 
     names = label_names(labels, workspace) if labels else None
-    summary = evaluate_folder(predictions, references, names, tolerance_mm=tolerance_mm, output_dir=output)
+    summary = vesalius.evaluate(
+        predictions, references, workspace, labels=names, tolerance_mm=tolerance_mm, output_dir=output
+    )
     for name, metrics in summary["metrics"].items():
         out.print(
             f"{name}: Dice {_number(metrics['dice']['mean'], '.3f')}, "
@@ -539,20 +535,6 @@ def view(
         port,
         on_ready=lambda url: out.print(f"Vesalius viewer: {url} ({len(cases)} cases; Ctrl+C stops)", markup=False),
     )
-
-
-def _print_classification(result) -> None:  # type: ignore[no-untyped-def]
-    best = ""
-    if result.best_epoch is not None:
-        best = f", best validation AUC {result.best_auc:.3f} at epoch {result.best_epoch}"
-    out.print(
-        f"trained {result.epochs} epochs ({result.iterations} iterations, stopped by {result.stopped}) in "
-        f"{result.elapsed_s:.0f} s{best} -> {result.run_dir}",
-        markup=False,
-        highlight=False,
-    )
-    if result.validation:
-        _print_classification_metrics(result.validation, "validation")
 
 
 def _print_classification_metrics(summary: dict, what: str) -> None:

@@ -35,7 +35,7 @@ def run_demo(
 ) -> dict[str, Dataset]:
     """Run the demo (see the module docstring) with ``time_budget_s`` seconds of training; returns the data sets."""
     ws = Workspace.resolve(workspace)
-    sources = ws.root / "demo_sources" / f"seed{seed}_n{num_cases}"
+    sources = ws.demo_dir("sources") / f"seed{seed}_n{num_cases}"
     seg_src, cls_src = sources / "phantom_msd", sources / "lesion_classes"
     if not (seg_src / "dataset.json").exists():
         echo(f"generating {num_cases} synthetic 3D phantoms -> {seg_src}")
@@ -49,15 +49,15 @@ def run_demo(
         echo(f"imported and verified '{name}': {report.summary()}")
         result[name] = dataset
     plan, plan_path = plan_dataset(DEMO_SEGMENTATION, ws, device="cpu", time_budget_s=time_budget_s)
-    config = plan["configurations"]["3d"]
+    configuration = plan.configuration("3d")
     echo(
-        f"planned '{DEMO_SEGMENTATION}' (3d): spacing {config['spacing']}, patch {config['patch_size']}, "
-        f"batch {config['batch_size']} -> {plan_path}"
+        f"planned '{DEMO_SEGMENTATION}' (3d): spacing {list(configuration.spacing)}, "
+        f"patch {list(configuration.patch_size)}, batch {configuration.batch_size} -> {plan_path}"
     )
     folder = preprocess_dataset(DEMO_SEGMENTATION, "3d", ws)
     echo(f"preprocessed '{DEMO_SEGMENTATION}' (3d) -> {folder}")
     run_dir = _train_predict_evaluate(ws, result[DEMO_SEGMENTATION], time_budget_s, echo)
-    report = build_report_or_warn(run_dir, ws.root / "reports" / f"{DEMO_SEGMENTATION}.html", workspace=ws)
+    report = build_report_or_warn(run_dir, ws.reports_dir() / f"{DEMO_SEGMENTATION}.html", workspace=ws)
     echo(f"demo finished; workspace: {ws.root}")
     if report is not None:
         echo(f"report: {report} (open it in a browser; 'vesalius view -w {ws.root}' browses the cases)")
@@ -68,20 +68,21 @@ def _train_predict_evaluate(ws: Workspace, dataset: Dataset, time_budget_s: floa
     """Train fold 0, validate it, predict and measure its validation cases; returns the run folder."""
     import shutil
 
-    from vesalius.evaluation.cross_validation import validate_fold
-    from vesalius.evaluation.evaluate import evaluate_folder
     from vesalius.evaluation.measure import measure_segmentation
-    from vesalius.inference.predictor import predict_files
+    from vesalius.evaluation.segmentation import evaluate_folder
+    from vesalius.evaluation.validation import validate_fold
+    from vesalius.inference.segmentation import segment_files
     from vesalius.io import read_image
-    from vesalius.training import TrainingConfig, train_segmentation
+    from vesalius.training.segmentation import train_segmentation
+    from vesalius.training.settings import SegmentationSettings
 
     echo(f"training '{DEMO_SEGMENTATION}' fold 0 for {time_budget_s:.0f} s ...")
-    cfg = TrainingConfig(DEMO_SEGMENTATION, "3d", 0, time_budget_s=time_budget_s, iterations_per_epoch=50)
-    run = train_segmentation(cfg, ws, force=True)
+    settings = SegmentationSettings(DEMO_SEGMENTATION, "3d", 0, time_budget_s=time_budget_s, iterations_per_epoch=50)
+    run = train_segmentation(settings, ws, force=True)
     validation = validate_fold(run.run_dir, ws)
     dice = ", ".join(f"{k} {v:.3f}" for k, v in validation["dice"].items())
     echo(f"trained {run.iterations} iterations -> {run.run_dir}; validation Dice {dice}")
-    inputs, references = ws.root / "demo_inputs" / DEMO_SEGMENTATION, ws.root / "demo_references" / DEMO_SEGMENTATION
+    inputs, references = ws.demo_dir("inputs") / DEMO_SEGMENTATION, ws.demo_dir("references") / DEMO_SEGMENTATION
     for folder in (inputs, references):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -89,8 +90,8 @@ def _train_predict_evaluate(ws: Workspace, dataset: Dataset, time_budget_s: floa
         case = dataset.case(case_id)
         shutil.copy(dataset.image_paths(case)[0], inputs / f"{case_id}.nii.gz")
         shutil.copy(dataset.label_path(case), references / f"{case_id}.nii.gz")  # type: ignore[arg-type]
-    predictions = ws.root / "predictions" / DEMO_SEGMENTATION
-    written = predict_files(inputs, predictions, run.run_dir)
+    predictions = ws.predictions_dir(DEMO_SEGMENTATION)
+    written = segment_files(inputs, predictions, run.run_dir)
     echo(f"predicted {len(written)} held-out cases -> {predictions}")
     first = written[0]
     measured = measure_segmentation(read_image(first), read_image(inputs / first.name), labels=_names(dataset))

@@ -1,9 +1,9 @@
 """Numerical precision of networks: which reduced-precision dtype a device runs fast, for training and inference.
 
 On CPUs with native bf16 (AVX512-BF16 or AMX), bf16 autocast with ``channels_last`` activations runs 3D U-Nets
-2.5x (training, ``benchmarks/network_speed.py``) to 4.7x (inference: median seconds per Hippocampus case, 42
-held-out cases, measured 2026-11-23) faster than float32 at the same Dice; other CPUs emulate bf16 slowly and stay
-in float32. On CUDA: bf16 where the GPU has it, else fp16.
+about 2.5x (training, ``benchmarks/network_speed.py``) to 4.7x (inference, median seconds per Hippocampus case)
+faster than float32 at the same Dice (``benchmarks/RESULTS.md``); other CPUs emulate bf16 slowly and stay in
+float32. On CUDA: bf16 where the GPU has it, else fp16.
 
 A oneDNN defect in torch 2.13's CPU build: the bf16 weight gradient of a 3D convolution is wrong (Inf, NaN or values
 near 1e35) where an input side is smaller than the kernel's side (e.g. a 3x3x3 convolution of a 2-voxel-deep

@@ -3,9 +3,13 @@
 Layout::
 
     datasets/NAME/            imported data set (read-only after import): dataset.json, imagesTr/, labelsTr/
-    preprocessed/NAME/CONFIG/ cached, preprocessed cases
-    runs/NAME/CONFIG/fold_K/  checkpoints, logs, curves
-    predictions/, reports/
+    preprocessed/NAME/        fingerprint, plan, splits (segmentation); classification_{plan,splits,fingerprint}.json
+    preprocessed/NAME/CONFIG/ cached, preprocessed cases of one plan configuration
+    runs/NAME/CONFIG/fold_K/  a trained model (:mod:`vesalius.model_package`): plan, trained configuration,
+                              checkpoints, logs, validation
+    predictions/NAME/, reports/
+
+Every path inside the workspace is built here.
 """
 
 from __future__ import annotations
@@ -49,13 +53,61 @@ class Workspace:
         return cls.default() if root is None else cls(Path(root).absolute())
 
     def dataset_dir(self, name: str) -> Path:
+        """``datasets/NAME``: the imported data set."""
         return self.root / "datasets" / check_name(name)
 
+    def planning_dir(self, name: str) -> Path:
+        """``preprocessed/NAME``: the data set's fingerprint, plans, splits and preprocessed configurations."""
+        return self.root / "preprocessed" / check_name(name)
+
+    def fingerprint_path(self, name: str) -> Path:
+        """The segmentation fingerprint (:class:`vesalius.planning.fingerprint.Fingerprint`)."""
+        return self.planning_dir(name) / "fingerprint.json"
+
+    def plan_path(self, name: str) -> Path:
+        """The segmentation plan (:class:`vesalius.planning.plan.Plan`)."""
+        return self.planning_dir(name) / "plan.json"
+
+    def splits_path(self, name: str) -> Path:
+        """The segmentation data set's 5-fold split."""
+        return self.planning_dir(name) / "splits.json"
+
+    def classification_fingerprint_path(self, name: str) -> Path:
+        """The classification fingerprint (:class:`vesalius.planning.classification.ClassificationFingerprint`)."""
+        return self.planning_dir(name) / "classification_fingerprint.json"
+
+    def classification_plan_path(self, name: str) -> Path:
+        """The classification plan (:class:`vesalius.planning.plan.ClassificationPlan`)."""
+        return self.planning_dir(name) / "classification_plan.json"
+
+    def classification_splits_path(self, name: str) -> Path:
+        """The classification data set's stratified folds."""
+        return self.planning_dir(name) / "classification_splits.json"
+
     def preprocessed_dir(self, name: str, config: str) -> Path:
-        return self.root / "preprocessed" / check_name(name) / config
+        """``preprocessed/NAME/CONFIG``: the cases preprocessed for one plan configuration."""
+        return self.planning_dir(name) / config
+
+    def runs_dir(self, name: str) -> Path:
+        """``runs/NAME``: the data set's trained models."""
+        return self.root / "runs" / check_name(name)
 
     def run_dir(self, name: str, config: str, fold: int | str) -> Path:
-        return self.root / "runs" / check_name(name) / config / f"fold_{fold}"
+        """``runs/NAME/CONFIG/fold_K``: one trained model (segmentation: CONFIG is the plan configuration;
+        classification: the network)."""
+        return self.runs_dir(name) / config / f"fold_{fold}"
+
+    def predictions_dir(self, name: str) -> Path:
+        """``predictions/NAME``."""
+        return self.root / "predictions" / check_name(name)
+
+    def reports_dir(self) -> Path:
+        """``reports``."""
+        return self.root / "reports"
+
+    def demo_dir(self, part: str) -> Path:
+        """``demo_PART``: what ``vesalius demo`` generates (``sources``) and copies (``inputs``, ``references``)."""
+        return self.root / f"demo_{part}"
 
     def dataset_names(self) -> list[str]:
         folder = self.root / "datasets"

@@ -16,7 +16,7 @@ import numpy as np
 
 from vesalius.errors import VesaliusError
 from vesalius.io import Image, read_image
-from vesalius.io.atomic import write_bytes_atomic
+from vesalius.io.atomic import write_json_atomic
 
 Task = Literal["segmentation", "classification"]
 TargetType = Literal["binary", "multiclass", "multilabel", "ordinal"]
@@ -148,8 +148,3 @@ def dataset_task(folder: str | Path, requested: str = "auto") -> Task:
             f"the data set is a {task} data set, not {requested}", Path(folder), f"use --task {task} or auto"
         )
     return task
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vesalius.data.dataset import Dataset, write_json_atomic
+from vesalius.data.dataset import Dataset
 from vesalius.errors import VesaliusError
+from vesalius.io.atomic import write_json_atomic
 
 DEFAULT_SEED = 12345
 DEFAULT_FOLDS = 5
@@ -78,6 +79,14 @@ def stratified_kfold_splits(
         {"train": [k for k in keys if fold_of[k] != f], "val": [k for k in keys if fold_of[k] == f]}
         for f in range(folds)
     ]
+
+
+def resolve_classification_fold(fold: int | str, dataset: Dataset) -> int | str:
+    """``"auto"``: ``"official"`` where the cases carry the source's train and val split, else fold 0."""
+    if fold != "auto":
+        return fold
+    splits = {c.split for c in dataset.cases}
+    return "official" if {"train", "val"} <= splits else 0
 
 
 def classification_split(

@@ -1,174 +1,210 @@
-"""Per-class metrics between a predicted and a reference label map: overlap, surface distances, volumes.
+"""Score a folder of predicted label maps against a folder of reference label maps.
 
-Arrays are label maps of the same shape in ``(X, Y)`` or ``(X, Y, Z)`` index order (``Image.array[0]``), with
-``spacing`` in mm along each array axis; all distances are in mm and respect anisotropic spacing.
+Files are paired by case id, the file name without its image suffix (``case_01.nii.gz`` -> ``case_01``), so the
+two folders may use different formats. Every reference needs a prediction; predictions without a reference are
+listed in the summary and otherwise ignored. Each pair must have the same shape and geometry (the prediction must
+be on the reference's grid); the metrics use the reference's spacing (see :mod:`vesalius.metrics.segmentation`
+for the definitions and the convention for empty masks).
 
-Definitions, for one label with prediction mask ``P`` and reference mask ``R``:
+Writes, atomically, into ``output_dir``:
 
-- ``dice`` ``2|P∩R| / (|P|+|R|)``; ``iou`` ``|P∩R| / (|P|+|R|-|P∩R|)``; ``precision`` ``|P∩R| / |P|``; ``recall``
-  ``|P∩R| / |R|``.
-- Surface of a mask: its voxels with at least one 6-connected (3D) or 4-connected (2D) neighbour in the
-  background; voxels on the border of the image count as surface (outside the image is background). This is
-  MONAI's ``get_mask_edges`` (``mask ^ binary_erosion(mask)``).
-- Directed surface distances ``d(P→R)``: for each surface voxel of ``P``, the Euclidean distance in mm to the
-  nearest surface voxel of ``R`` (and the reverse for ``d(R→P)``).
-- ``hd95``: ``max(percentile95(d(P→R)), percentile95(d(R→P)))`` with linear interpolation, MONAI's
-  ``compute_hausdorff_distance(percentile=95, directed=False)`` (the maximum of the two directed 95th percentiles,
-  not the 95th percentile of the pooled distances).
-- ``assd``: the mean of the pooled distances (both directions concatenated), MONAI's
-  ``compute_average_surface_distance(symmetric=True)``.
-- ``surface_dice`` (normalised surface Dice, Nikolov et al. 2021) at ``tolerance_mm``: the fraction of surface
-  voxels of both masks whose distance to the other surface is at most the tolerance,
-  ``(#{d(P→R) <= τ} + #{d(R→P) <= τ}) / (|∂P| + |∂R|)``. Surface elements are counted as voxels, as MONAI's
-  ``compute_surface_dice`` (``use_subvoxels=False``); DeepMind's ``surface-distance`` package weights surface
-  elements by their area instead, which agrees closely on smooth shapes but not exactly.
-- ``volume_pred``, ``volume_ref``: mask volumes in mL for 3D maps (in mm² for 2D maps, an area);
-  ``volume_difference`` is ``volume_pred - volume_ref``.
-
-Empty masks (consistent with :func:`dice_per_class`):
-
-- Both empty: every overlap score (Dice, IoU, surface Dice, precision, recall) is 1 and ``hd95``, ``assd`` are 0:
-  the absence was predicted correctly.
-- Exactly one empty: every overlap score is 0 (a missed or a spurious structure is a failure, never a value that a
-  mean would skip) and ``hd95``, ``assd`` are NaN (there is no surface to measure to). Means over cases should be
-  NaN-aware and report how many values were NaN.
-
-The metrics are written here with SciPy rather than taken from MONAI, for speed and to keep evaluation free of
-an extra dependency on MONAI's tensor layout: MONAI works on one-hot torch tensors per batch and class, while this
-computes each label's surfaces once, reuses them for every distance metric, and runs
-:func:`scipy.ndimage.distance_transform_edt` (``sampling=spacing``) on the bounding box of the union of ``P`` and
-``R`` only. The crop needs no margin: outside the box both masks are background, which is what the erosion (border
-value 0) assumes, and every surface voxel lies inside the box, so the distances are exact. The test suite checks
-agreement with MONAI.
+- ``metrics.csv``: one row per case and label: ``case, label, name, <metrics>, volume_unit``; NaN as ``nan``.
+- ``summary.json``: per label name and metric the ``mean``, ``median`` and ``std`` (population, ``ddof=0``) over
+  the cases where the value is not NaN, with ``count`` (values used) and ``nan`` (values left out); statistics of
+  no value are ``null``. ``mean_over_labels`` holds, per metric, the mean of the labels' means; ``num_cases``
+  counts the cases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TypedDict
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from vesalius.planning.fingerprint import nonzero_box
+from vesalius.errors import VesaliusError
+from vesalius.io import IMAGE_SUFFIXES, Image, image_suffix, read_image, strip_suffix
+from vesalius.io.atomic import write_bytes_atomic, write_json_atomic
+from vesalius.metrics.segmentation import METRICS, SegmentationScores, segmentation_metrics, volume_unit
+from vesalius.model_package import ModelPackage, is_model_package
+from vesalius.workspace import Workspace
 
-__all__ = ["METRICS", "SegmentationScores", "dice_per_class", "segmentation_metrics", "volume_unit"]
-
-
-class SegmentationScores(TypedDict):
-    """The metrics of one label (see the module docstring for definitions and the empty-mask convention)."""
-
-    dice: float
-    iou: float
-    hd95: float
-    assd: float
-    surface_dice: float
-    precision: float
-    recall: float
-    volume_pred: float
-    volume_ref: float
-    volume_difference: float
+__all__ = ["evaluate_folder", "label_names"]
 
 
-METRICS: tuple[str, ...] = tuple(SegmentationScores.__annotations__)
-"""The metric names, in the order of :class:`SegmentationScores` (the columns of ``metrics.csv``)."""
+def label_names(source: str | Path, workspace: str | Path | Workspace | None = None) -> dict[int, str]:
+    """The foreground labels ``{value: name}`` named by ``source``.
+
+    ``source`` is a ``dataset.json`` (Vesalius, MSD or nnU-Net v2: ``{"1": "liver"}`` or ``{"liver": 1}``), a folder
+    holding one (a data set), a trained model's run folder, or the name of a data set in the workspace.
+    """
+    path = Path(source)
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:  # a data set's name
+        path = Workspace.resolve(workspace).dataset_dir(str(source))
+    if is_model_package(path):
+        return {value: name for value, name in sorted(ModelPackage(path).label_names.items()) if value != 0}
+    if path.is_dir():
+        path = path / "dataset.json"
+    try:
+        declared = json.loads(path.read_text())["labels"]
+        if all(str(k).lstrip("-").isdigit() for k in declared):
+            names = {int(k): str(v) for k, v in declared.items()}
+        else:
+            names = {int(v): str(k) for k, v in declared.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise VesaliusError(
+            "no label names found (no readable dataset.json with 'labels', nor a trained model)",
+            path,
+            "give a dataset.json, a data set's name, or a training run folder",
+        ) from None
+    return {value: name for value, name in sorted(names.items()) if value != 0}
 
 
-def dice_per_class(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]) -> dict[int, float]:
-    """Dice ``2|P∩R| / (|P|+|R|)`` of each label between two label maps of the same shape."""
-    prediction, reference = np.asarray(prediction), np.asarray(reference)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction shape {prediction.shape} differs from reference shape {reference.shape}")
-    scores = {}
-    for label in labels:
-        p, r = prediction == label, reference == label
-        size = int(p.sum()) + int(r.sum())
-        scores[int(label)] = 1.0 if size == 0 else 2.0 * int(np.logical_and(p, r).sum()) / size
-    return scores
-
-
-def volume_unit(ndim: int) -> str:
-    """The unit of the volume metrics of ``ndim``-dimensional label maps: ``"mL"`` (3D) or ``"mm2"`` (2D)."""
-    return "mL" if ndim == 3 else "mm2"
-
-
-def segmentation_metrics(
-    prediction: np.ndarray,
-    reference: np.ndarray,
-    labels: Iterable[int],
-    spacing: Sequence[float],
+def evaluate_folder(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    labels: dict[int, str] | None = None,
     tolerance_mm: float = 1.0,
-) -> dict[int, SegmentationScores]:
-    """All metrics of each label between a predicted and a reference label map.
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score every reference label map in ``ref_dir`` against the prediction of the same case in ``pred_dir``.
 
     Args:
-        prediction: label map ``(X, Y)`` or ``(X, Y, Z)``.
-        reference: label map of the same shape.
-        labels: the label values to score (usually the non-zero ones).
-        spacing: voxel size in mm along each array axis, length 2 or 3.
-        tolerance_mm: the tolerance of the normalised surface Dice, in mm.
+        pred_dir: folder of predicted label maps (any readable image format).
+        ref_dir: folder of reference label maps.
+        labels: ``{value: name}`` of the labels to score; by default every non-zero value found in the references,
+            named by its value.
+        tolerance_mm: tolerance of the normalised surface Dice, in mm.
+        output_dir: where ``metrics.csv`` and ``summary.json`` go; ``pred_dir`` by default.
 
     Returns:
-        ``{label: SegmentationScores}``; distances in mm, volumes in mL (3D) or mm² (2D).
+        The content of ``summary.json`` plus ``"cases"``: ``{case_id: {label_name: SegmentationScores}}``.
+
+    Raises:
+        VesaliusError: a missing or empty folder, a reference without a prediction, two files of one case, a label
+            map with several channels, or a prediction whose shape or geometry differs from its reference.
     """
-    prediction, reference = np.asarray(prediction), np.asarray(reference)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction shape {prediction.shape} differs from reference shape {reference.shape}")
-    if prediction.ndim not in (2, 3):
-        raise ValueError(f"label maps must be 2D or 3D, got shape {prediction.shape}")
-    sampling = tuple(float(s) for s in spacing)
-    if len(sampling) != prediction.ndim or min(sampling) <= 0:
-        raise ValueError(f"spacing {tuple(spacing)} must hold {prediction.ndim} positive values")
-    if tolerance_mm < 0:
-        raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
-    voxel_volume = float(np.prod(sampling)) / (1000.0 if prediction.ndim == 3 else 1.0)
-    return {
-        int(label): _label_metrics(prediction == label, reference == label, sampling, tolerance_mm, voxel_volume)
-        for label in labels
-    }
-
-
-def _label_metrics(
-    pred: np.ndarray, ref: np.ndarray, sampling: tuple[float, ...], tolerance_mm: float, voxel_volume: float
-) -> SegmentationScores:
-    """The metrics of one pair of boolean masks."""
-    n_pred, n_ref = int(pred.sum()), int(ref.sum())
-    volumes = {
-        "volume_pred": n_pred * voxel_volume,
-        "volume_ref": n_ref * voxel_volume,
-        "volume_difference": (n_pred - n_ref) * voxel_volume,
-    }
-    if n_pred == 0 or n_ref == 0:
-        overlap, distance = (1.0, 0.0) if n_pred == n_ref else (0.0, float("nan"))
-        return SegmentationScores(
-            dice=overlap,
-            iou=overlap,
-            hd95=distance,
-            assd=distance,
-            surface_dice=overlap,
-            precision=overlap,
-            recall=overlap,
-            **volumes,
+    if labels is not None and len(set(labels.values())) != len(labels):
+        raise ValueError(f"label names must be unique, got {labels}")
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    output_dir = pred_dir if output_dir is None else Path(output_dir)
+    references, predictions = _case_files(ref_dir), _case_files(pred_dir)
+    if not references:
+        raise VesaliusError(
+            "no label maps found", ref_dir, f"put the reference label maps ({', '.join(IMAGE_SUFFIXES)}) in it"
         )
-    box = nonzero_box((pred | ref)[None])
-    pred, ref = pred[box], ref[box]
-    tp = int(np.count_nonzero(pred & ref))
-    surface_pred, surface_ref = _surface(pred), _surface(ref)
-    pred_to_ref = ndimage.distance_transform_edt(~surface_ref, sampling=sampling)[surface_pred]
-    ref_to_pred = ndimage.distance_transform_edt(~surface_pred, sampling=sampling)[surface_ref]
-    within = np.count_nonzero(pred_to_ref <= tolerance_mm) + np.count_nonzero(ref_to_pred <= tolerance_mm)
-    return SegmentationScores(
-        dice=2.0 * tp / (n_pred + n_ref),
-        iou=tp / (n_pred + n_ref - tp),
-        hd95=float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))),
-        assd=float((pred_to_ref.sum() + ref_to_pred.sum()) / (pred_to_ref.size + ref_to_pred.size)),
-        surface_dice=within / (pred_to_ref.size + ref_to_pred.size),
-        precision=tp / n_pred,
-        recall=tp / n_ref,
-        **volumes,
+    missing = sorted(set(references) - set(predictions))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise VesaliusError(
+            f"no prediction for reference case(s) {shown}", pred_dir, f"predict them, or remove them from {ref_dir}"
+        )
+    if labels is None:
+        found = set().union(*(np.unique(_read_label_map(path).array).tolist() for path in references.values()))
+        labels = {int(v): str(int(v)) for v in sorted(found) if v != 0}
+    cases: dict[str, dict[str, SegmentationScores]] = {}
+    rows: list[dict[str, Any]] = []
+    units: set[str] = set()
+    for case_id, ref_path in references.items():
+        reference = _read_label_map(ref_path)
+        prediction = _read_label_map(predictions[case_id])
+        _check_pair(prediction, reference, predictions[case_id], ref_path)
+        scores = segmentation_metrics(
+            prediction.array[0], reference.array[0], labels, reference.geometry.spacing, tolerance_mm
+        )
+        unit = volume_unit(reference.ndim)
+        units.add(unit)
+        cases[case_id] = {labels[k]: s for k, s in scores.items()}
+        rows.extend(
+            {"case": case_id, "label": k, "name": labels[k], **s, "volume_unit": unit} for k, s in scores.items()
+        )
+    metrics = {
+        name: {metric: _statistics([c[name][metric] for c in cases.values()]) for metric in METRICS}
+        for name in labels.values()
+    }
+    summary = {
+        "pred_dir": str(pred_dir),
+        "ref_dir": str(ref_dir),
+        "tolerance_mm": tolerance_mm,
+        "num_cases": len(cases),
+        "labels": {str(k): name for k, name in labels.items()},
+        "volume_unit": ", ".join(sorted(units)),
+        "metrics": metrics,
+        "mean_over_labels": {metric: _mean_of_means(metrics, metric) for metric in METRICS},
+        "predictions_without_reference": sorted(set(predictions) - set(references)),
+    }
+    write_bytes_atomic(output_dir / "metrics.csv", _csv(rows))
+    write_json_atomic(output_dir / "summary.json", summary)
+    return {**summary, "cases": cases}
+
+
+def _case_files(folder: Path) -> dict[str, Path]:
+    """``{case_id: path}`` of the image files in ``folder``, in file name order."""
+    if not folder.is_dir():
+        raise VesaliusError("folder not found", folder, "check the path")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not image_suffix(path):
+            continue
+        case_id = strip_suffix(path)
+        if case_id in files:
+            raise VesaliusError(
+                f"two files for case '{case_id}': {files[case_id].name} and {path.name}", folder, "keep one of them"
+            )
+        files[case_id] = path
+    return files
+
+
+def _read_label_map(path: Path) -> Image:
+    """Read a single-channel label map."""
+    image = read_image(path)
+    if image.num_channels != 1:
+        raise VesaliusError(
+            f"a label map needs one channel, this image has {image.num_channels}",
+            path,
+            "save the labels as one channel",
+        )
+    return image
+
+
+def _check_pair(prediction: Image, reference: Image, pred_path: Path, ref_path: Path) -> None:
+    """Raise unless the prediction lies on the reference's voxel grid."""
+    if prediction.spatial_shape != reference.spatial_shape:
+        problem = f"shape {prediction.spatial_shape} differs from the reference's {reference.spatial_shape}"
+    elif differences := reference.geometry.differences(prediction.geometry):
+        problem = f"geometry differs from the reference's ({'; '.join(differences)})"
+    else:
+        return
+    raise VesaliusError(
+        f"prediction {problem} ({ref_path})", pred_path, "resample the prediction to the reference grid"
     )
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with a face-connected background neighbour (outside the array is background)."""
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+def _statistics(values: list[float]) -> dict[str, float | int | None]:
+    """NaN-aware ``mean``, ``median``, ``std`` (ddof=0) of ``values``, with ``count`` used and ``nan`` left out."""
+    array = np.asarray(values, dtype=float)
+    kept = array[~np.isnan(array)]
+    stats = (np.mean(kept), np.median(kept), np.std(kept)) if kept.size else (None, None, None)
+    return {
+        **{name: None if v is None else float(v) for name, v in zip(("mean", "median", "std"), stats, strict=True)},
+        "count": int(kept.size),
+        "nan": int(array.size - kept.size),
+    }
+
+
+def _mean_of_means(metrics: dict[str, dict[str, dict[str, Any]]], metric: str) -> float | None:
+    """The mean over labels of the labels' means of ``metric`` (labels without a mean left out)."""
+    means = [m[metric]["mean"] for m in metrics.values() if m[metric]["mean"] is not None]
+    return float(np.mean(means)) if means else None
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    """The rows as CSV bytes, with a header."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["case", "label", "name", *METRICS, "volume_unit"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")

@@ -1,50 +1,87 @@
-"""A trained run loaded for prediction: its network with weights, its plan and its training settings.
+"""A trained model loaded for prediction: its network with weights, in eval mode, and its package.
 
-A run folder (``runs/NAME/CONFIG/fold_K/``) holds ``plan.json`` (the plan the run was trained with),
-``training.json`` (the resolved training settings) and checkpoints; :func:`load_model` rebuilds the network from
-the plan configuration and loads a checkpoint's weights (``weights_only=True``).
+Both tasks load the same way: the network is rebuilt from the package's trained configuration
+(:class:`~vesalius.model_package.TrainedSegmentation`: the U-Net of its configuration;
+:class:`~vesalius.model_package.TrainedClassification`: its classifier) and a checkpoint's weights are loaded
+(``weights_only=True``).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from vesalius.errors import VesaliusError
-from vesalius.models import build_network
-from vesalius.training.checkpoint import load_checkpoint
+from vesalius.model_package import (
+    ModelPackage,
+    TrainedConfiguration,
+    TrainedSegmentation,
+    find_packages,
+)
 
-__all__ = ["TrainedModel", "load_model"]
+__all__ = ["LoadedModel", "load_ensemble", "load_model"]
 
 
 @dataclass
-class TrainedModel:
-    """A network in eval mode with what is needed to predict with it."""
+class LoadedModel:
+    """A network in eval mode with the package it came from."""
 
     network: nn.Module
-    plan: dict[str, Any]
-    config: str
-    training: dict[str, Any]
-    run_dir: Path
+    package: ModelPackage
+
+    @property
+    def trained(self) -> TrainedConfiguration:
+        return self.package.trained
 
 
-def load_model(run_dir: str | Path, checkpoint: str = "final", device: str | torch.device = "cpu") -> TrainedModel:
-    """Load ``checkpoint_{checkpoint}.pt`` (``final``, ``best`` or ``latest``) of the run in ``run_dir``."""
-    run_dir = Path(run_dir)
-    plan_path, training_path = run_dir / "plan.json", run_dir / "training.json"
-    for path in (plan_path, training_path):
-        if not path.is_file():
-            raise VesaliusError("not a training run (missing file)", path, "give the folder of a trained fold")
-    plan = json.loads(plan_path.read_text())
-    training = json.loads(training_path.read_text())["training"]
-    state = load_checkpoint(run_dir / f"checkpoint_{checkpoint}.pt")
-    config = training["config"]
-    network = build_network(plan["configurations"][config], len(plan["channels"]), len(plan["labels"]))
-    network.load_state_dict(state["model"])
+def build_trained_network(trained: TrainedConfiguration) -> nn.Module:
+    """The untrained network of a trained configuration."""
+    if isinstance(trained, TrainedSegmentation):
+        from vesalius.models import build_network
+
+        return build_network(trained.configuration, len(trained.channels), len(trained.labels))
+    from vesalius.models.classifiers import build_classifier, num_outputs
+
+    outputs = num_outputs(trained.target_type, len(trained.labels))
+    return build_classifier(trained.network, trained.spatial_dims, len(trained.channels), outputs)
+
+
+def load_model(
+    package: ModelPackage | str | Path, checkpoint: str = "final", device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Load ``checkpoint`` (``final``, ``best`` or ``latest``) of a trained model."""
+    package = package if isinstance(package, ModelPackage) else ModelPackage(package)
+    network = build_trained_network(package.trained)
+    network.load_state_dict(package.load_checkpoint(checkpoint)["model"])
     network.to(device).eval()
-    return TrainedModel(network, plan, config, training, run_dir)
+    return LoadedModel(network, package)
+
+
+def load_ensemble(
+    model: str | Path, checkpoint: str = "final", device: str | torch.device = "cpu"
+) -> list[LoadedModel]:
+    """The model(s) in ``model``: a run folder, or a folder of folds (an ensemble), all of one task and trained
+    configuration apart from their versions and precision."""
+    models = [load_model(p, checkpoint, device) for p in find_packages(model)]
+    _check_same(models)
+    return models
+
+
+def _comparable(trained: TrainedConfiguration) -> TrainedConfiguration:
+    """What must agree between the folds of an ensemble: everything but the versions and the precision."""
+    return replace(trained, versions={}, precision="auto")
+
+
+def _check_same(models: Sequence[LoadedModel]) -> None:
+    first = _comparable(models[0].trained)
+    for other in models[1:]:
+        if _comparable(other.trained) != first:
+            raise VesaliusError(
+                "the folds were trained with different configurations",
+                other.package.root,
+                "ensemble the folds of one configuration",
+            )

@@ -10,7 +10,7 @@ Two operations are available, each applied class by class and always returning a
 Whether keeping the largest component helps depends on the anatomy (one liver, but two kidneys under one label),
 so nnU-Net does not guess: it runs each candidate on the validation predictions of the cross-validation folds and
 keeps it for a class only when it raises that class's mean Dice.
-:func:`vesalius.evaluation.cross_validation.decide_postprocessing` makes that decision, saved next to the model as
+:func:`vesalius.evaluation.validation.decide_postprocessing` makes that decision, saved next to the model as
 ``postprocessing.json`` and applied to new predictions by :func:`apply_postprocessing`.
 """
 

@@ -10,6 +10,7 @@ slice order (:attr:`~vesalius.io.dicom.SeriesInfo.files`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,6 @@ def write_dicom_seg(
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from vesalius import __version__
-
     sources = [pydicom.dcmread(str(f)) for f in series_files]
     mask = np.asarray(labels.array)[0]
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
@@ -64,7 +63,7 @@ def write_dicom_seg(
     values = sorted(v for v in label_names if v != 0)
     frames = np.stack([np.transpose(mask == v, (2, 1, 0)) for v in values], axis=-1)  # (slices, rows, cols, segs)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="Vesalius", version=__version__, family=codes.cid7162.ArtificialIntelligence
+        name="Vesalius", version=version("vesalius"), family=codes.cid7162.ArtificialIntelligence
     )
     segments = [
         hd.seg.SegmentDescription(
@@ -88,7 +87,7 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="Vesalius",
         manufacturer_model_name="Vesalius",
-        software_versions=__version__,
+        software_versions=version("vesalius"),
         device_serial_number="0",
         series_description=description[:64],
     )

@@ -156,3 +156,16 @@ def to_sitk(image: Image, channel: int | None = None) -> sitk.Image:
     img.SetOrigin(image.geometry.origin)
     img.SetDirection(image.geometry.direction)
     return img
+
+
+def nonzero_box(array: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of voxels that are non-zero in any channel of a ``(C, *spatial)`` array."""
+    mask = np.any(array != 0, axis=0)
+    if not mask.any():
+        return tuple(slice(0, s) for s in mask.shape)
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from vesalius.errors import VesaliusError
+from vesalius.planning.plan import ClassifierNetwork
 
 __all__ = [
     "ARCHITECTURES",
@@ -98,25 +98,24 @@ def to_probabilities(logits: torch.Tensor, target_type: str) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def build_classifier(network: dict[str, Any], spatial_dims: int, in_channels: int, outputs: int) -> nn.Module:
-    """The classifier described by a plan's ``network`` entry.
+def build_classifier(network: ClassifierNetwork, spatial_dims: int, in_channels: int, outputs: int) -> nn.Module:
+    """The classifier described by a plan's network entry.
 
     Args:
-        network: ``{"name": one of ARCHITECTURES, "stem_stride": 1 or 2 (ResNet), "width": float (ResNet),
-            "dropout": float (DenseNet)}``.
+        network: the architecture (``name``; ResNets: ``stem_stride`` 1 or 2 and ``width``; DenseNet: ``dropout``).
         spatial_dims: 2 or 3.
         in_channels: image channels.
         outputs: logits per image (:func:`num_outputs`).
     """
-    name = network["name"]
+    name = network.name
     if name == "cnn":
         return TutorialCNN(spatial_dims, in_channels, outputs)
     if name in ("resnet18", "resnet50"):
         from monai.networks.nets import ResNet
         from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 
-        small = int(network.get("stem_stride", 2)) == 1
-        width = float(network.get("width", 1.0))
+        small = (network.stem_stride or 2) == 1
+        width = float(network.width or 1.0)
         block, layers = (ResNetBlock, [2, 2, 2, 2]) if name == "resnet18" else (ResNetBottleneck, [3, 4, 6, 3])
         return ResNet(
             block,
@@ -136,7 +135,7 @@ def build_classifier(network: dict[str, Any], spatial_dims: int, in_channels: in
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             out_channels=outputs,
-            dropout_prob=float(network.get("dropout", 0.0)),
+            dropout_prob=float(network.dropout or 0.0),
         )
     raise VesaliusError(f"unknown network '{name}'", remedy=f"use one of {', '.join(ARCHITECTURES)}")
 

@@ -12,10 +12,10 @@ GPU plans) the first encoder stage already works at half resolution, as in MONAI
 upsamples to full resolution with one transposed convolution followed by a residual unit of ``stem_features``
 channels. ``stem="full"`` keeps nnU-Net's layout, which CPU 3D plans choose (rule ``full_resolution_stage``: more
 accurate on Hippocampus in the same 30 minutes). Every instance norm and the leaky ReLU after it run as one
-:class:`vesalius.models.norm.InstanceNormAct`. Measured on 2 Zen 4 cores (``benchmarks/network_speed.py``, batch 10
-of 40x56x40, bf16, 2026-11-30): 0.33 s per training step strided, 0.93 s with the full-resolution stage (1.28 s
-before the fused norm), 0.96 s for MONAI's ``DynUNet`` as nnU-Net sets it up, 0.26 s for MONAI's ``UNet`` (no deep
-supervision).
+:class:`vesalius.models.norm.InstanceNormAct`. On a 2-core CPU in bf16 (``benchmarks/network_speed.py``) a strided
+training step takes about a third of the time of one with the full-resolution stage, which itself costs about as
+much as MONAI's ``DynUNet`` as nnU-Net sets it up; MONAI's ``UNet`` (no deep supervision) is a little faster than
+the strided layout. The figures are in ``benchmarks/RESULTS.md``.
 
 Shapes: input ``(B, C, *patch)`` where each patch size is divisible by the product of the strides along its axis.
 """
@@ -30,6 +30,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from vesalius.models.norm import fuse_instance_norm_act
+from vesalius.planning.plan import Configuration
 
 __all__ = ["UNet", "build_network"]
 
@@ -135,21 +136,20 @@ class UNet(nn.Module):
         return top
 
 
-def build_network(config: dict[str, Any], in_channels: int, num_classes: int, **overrides: Any) -> UNet:
-    """The U-Net for a plan configuration (``spatial_dims`` from the length of ``patch_size``)."""
+def build_network(configuration: Configuration, in_channels: int, num_classes: int, **overrides: Any) -> UNet:
+    """The U-Net of a plan configuration (``spatial_dims`` from the length of its patch)."""
     kwargs: dict[str, Any] = {
-        "residual_units": config.get("residual_units", 2),
-        "deep_supervision": config.get("deep_supervision", True),
-        "stem": config.get("stem", "strided"),
-        "stem_features": config.get("stem_features", 8),
+        "residual_units": configuration.residual_units,
+        "deep_supervision": configuration.deep_supervision,
+        "stem": configuration.stem,
     }
     kwargs.update(overrides)
     return UNet(
-        len(config["patch_size"]),
+        configuration.spatial_dims,
         in_channels,
         num_classes,
-        config["features"],
-        config["strides"],
-        config["kernels"],
+        list(configuration.features),
+        [list(s) for s in configuration.strides],
+        [list(k) for k in configuration.kernels],
         **kwargs,
     )

@@ -23,19 +23,31 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vesalius.data.dataset import Dataset
+from vesalius.data.targets import encode_targets
+from vesalius.errors import VesaliusError
+from vesalius.io.atomic import write_json_atomic
+from vesalius.planning.plan import ClassificationPlan
 from vesalius.planning.rules import load_rules, normalization
+from vesalius.workspace import Workspace
 
-__all__ = ["ClassificationFingerprint", "fingerprint_arrays", "load_classification_rules", "plan_classification"]
-
-PLAN_VERSION = 1
+__all__ = [
+    "ClassificationFingerprint",
+    "classification_plan",
+    "fingerprint_arrays",
+    "load_classification_rules",
+    "plan_classification",
+    "plan_classification_dataset",
+]
 
 
 @cache
@@ -146,8 +158,8 @@ def plan_classification(
     device: str = "cpu",
     time_budget_s: float | None = None,
     rules: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The plan (a JSON-ready dict) of a classification data set from its training cases' fingerprint."""
+) -> ClassificationPlan:
+    """The plan of a classification data set from its training cases' fingerprint."""
     rules = rules or load_classification_rules()
     dev = "cuda" if device.startswith("cuda") else "cpu"
     dims = dataset.spatial_dims
@@ -156,29 +168,84 @@ def plan_classification(
     segmentation_rules = load_rules()
     optimizer = rules["optimizer"]
     epochs = rules["epochs"][f"{dims}d"]
-    return {
-        "vesalius_plan": PLAN_VERSION,
-        "task": "classification",
-        "dataset": dataset.name,
-        "spatial_dims": dims,
-        "channels": dataset.channels,
-        "labels": {str(k): v for k, v in dataset.labels.items()},
-        "target_type": dataset.target_type or ("binary" if len(dataset.labels) <= 2 else "multiclass"),
-        "input_size": size,
-        "normalization": [
-            normalization(m, 1.0, fingerprint.intensity[i], segmentation_rules) for i, m in enumerate(modalities)
-        ],
-        "network": network(size, dims, dev, rules),
-        "batch_size": batch_size(size, fingerprint.num_cases, dims, dev, rules),
-        "optimizer": optimizer,
-        "lr": rules["lr"][optimizer],
-        "weight_decay": rules["weight_decay"][optimizer],
-        "schedule": rules["schedule"],
-        "epochs": epochs,
-        "early_stopping_patience": max(1, round(rules["early_stopping_patience"] * epochs)),
-        "balance": class_balance(fingerprint.class_counts, dataset.target_type or "binary", rules),
-        "label_smoothing": rules["label_smoothing"],
-        "augmentation": augmentation(dims, modalities[0], rules),
-        "budget": {"device": dev, "time_budget_s": float(time_budget_s or rules["time_budget_s"][dev])},
-        "fingerprint": {"num_cases": fingerprint.num_cases, "class_counts": fingerprint.class_counts},
-    }
+    return ClassificationPlan.from_json(
+        {
+            "dataset": dataset.name,
+            "spatial_dims": dims,
+            "channels": dataset.channels,
+            "labels": {str(k): v for k, v in dataset.labels.items()},
+            "target_type": dataset.target_type or ("binary" if len(dataset.labels) <= 2 else "multiclass"),
+            "input_size": size,
+            "normalization": [
+                normalization(m, 1.0, fingerprint.intensity[i], segmentation_rules) for i, m in enumerate(modalities)
+            ],
+            "network": network(size, dims, dev, rules),
+            "batch_size": batch_size(size, fingerprint.num_cases, dims, dev, rules),
+            "optimizer": optimizer,
+            "lr": rules["lr"][optimizer],
+            "weight_decay": rules["weight_decay"][optimizer],
+            "schedule": rules["schedule"],
+            "epochs": epochs,
+            "early_stopping_patience": max(1, round(rules["early_stopping_patience"] * epochs)),
+            "balance": class_balance(fingerprint.class_counts, dataset.target_type or "binary", rules),
+            "label_smoothing": rules["label_smoothing"],
+            "augmentation": augmentation(dims, modalities[0], rules),
+            "budget": {"device": dev, "time_budget_s": float(time_budget_s or rules["time_budget_s"][dev])},
+            "fingerprint": {"num_cases": fingerprint.num_cases, "class_counts": fingerprint.class_counts},
+        }
+    )
+
+
+def read_case_arrays(dataset: Dataset, case_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The images ``(C, *spatial)`` of ``case_ids`` as read from the data set, by case id."""
+    return {c: dataset.read_case(dataset.case(c))[0].array for c in case_ids}
+
+
+def planning_case_ids(dataset: Dataset) -> list[str]:
+    """The cases a classification plan is made from: every case outside the source's test split."""
+    return sorted(c.case_id for c in dataset.cases if c.split != "test")
+
+
+def classification_plan(
+    dataset: Dataset,
+    ws: Workspace,
+    arrays: dict[str, np.ndarray] | None = None,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
+    replan: bool = False,
+) -> ClassificationPlan:
+    """The data set's classification plan: read from the workspace, or (absent, or ``replan``) made from the images of
+    :func:`planning_case_ids` and written there with its fingerprint.
+
+    ``arrays`` (case id -> ``(C, *spatial)``) may hold images already read; the others are read here.
+    """
+    path = ws.classification_plan_path(dataset.name)
+    if path.is_file() and not replan:
+        return ClassificationPlan.load(path)
+    ids = planning_case_ids(dataset)
+    arrays = dict(arrays or {})
+    arrays.update(read_case_arrays(dataset, [c for c in ids if c not in arrays]))
+    targets = encode_targets(dataset, ids)
+    counts = targets.sum(axis=0) if targets.ndim == 2 else np.bincount(targets, minlength=len(dataset.labels))
+    fingerprint = fingerprint_arrays([arrays[c] for c in ids], counts.astype(int).tolist())
+    plan = plan_classification(dataset, fingerprint, device=device, time_budget_s=time_budget_s)
+    write_json_atomic(ws.classification_fingerprint_path(dataset.name), fingerprint.to_json())
+    plan.save(path)
+    return plan
+
+
+def plan_classification_dataset(
+    name: str,
+    workspace: str | Path | Workspace | None = None,
+    *,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
+) -> tuple[ClassificationPlan, Path]:
+    """Make the classification plan of data set ``name`` afresh and write it to the workspace (what ``vesalius plan``
+    does; training reads it from there). Returns the plan and its path."""
+    ws = Workspace.resolve(workspace)
+    dataset = Dataset.load(ws.dataset_dir(name))
+    if dataset.task != "classification":
+        raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan it as a segmentation data set")
+    plan = classification_plan(dataset, ws, device=device, time_budget_s=time_budget_s, replan=True)
+    return plan, ws.classification_plan_path(name)

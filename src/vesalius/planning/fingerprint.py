@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from vesalius.data.dataset import Case, Dataset
 from vesalius.errors import VesaliusError
+from vesalius.io.image import nonzero_box
 
 
 @dataclass
@@ -47,19 +48,6 @@ class Fingerprint:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Fingerprint:
         return cls(**d)
-
-
-def nonzero_box(array: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of voxels that are non-zero in any channel of a ``(C, *spatial)`` array."""
-    mask = np.any(array != 0, axis=0)
-    if not mask.any():
-        return tuple(slice(0, s) for s in mask.shape)
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def _case_summary(args: tuple[Dataset, Case, int, int]) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """From a fingerprint and a compute budget to a plan: a JSON file a person can read and edit.
 
-A plan holds the normalisation per channel and one entry per configuration (``"2d"``, ``"3d"``): target
-spacing, patch size, batch size, strides and kernels per stage, features per stage, the number of
-iterations the budget allows, the layout of the first stage (``stem``) and the axes augmentation may mirror (in
-the configuration's patch axes); ``training`` suggests the optimizer and schedule for the planned device. Every
-number comes from a rule in :mod:`vesalius.planning.rules`.
+A plan (:class:`vesalius.planning.plan.Plan`) holds the normalisation per channel and one configuration per way of
+training (``"2d"``, ``"3d"``): target spacing, patch size, batch size, strides and kernels per stage, features per
+stage, the number of iterations the budget allows, the layout of the first stage (``stem``) and the axes
+augmentation may mirror (in the configuration's patch axes); ``training`` suggests the optimizer and schedule for
+the planned device. Every number comes from a rule in :mod:`vesalius.planning.rules`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from vesalius.data.dataset import Dataset, write_json_atomic
+from vesalius.data.dataset import Dataset
 from vesalius.errors import VesaliusError
+from vesalius.io.atomic import write_json_atomic
 from vesalius.planning.fingerprint import Fingerprint, compute_fingerprint
+from vesalius.planning.plan import Plan
 from vesalius.planning.rules import (
     Rules,
     features_per_stage,
@@ -32,8 +34,6 @@ from vesalius.planning.rules import (
 )
 from vesalius.workspace import Workspace
 
-PLAN_VERSION = 1
-
 
 def make_plan(
     fingerprint: Fingerprint,
@@ -43,8 +43,8 @@ def make_plan(
     time_budget_s: float | None = None,
     memory_gb: float | None = None,
     rules: Rules | None = None,
-) -> dict[str, Any]:
-    """The plan (a JSON-ready dict) for ``dataset`` on ``device`` within ``time_budget_s`` seconds."""
+) -> Plan:
+    """The plan for ``dataset`` on ``device`` within ``time_budget_s`` seconds."""
     rules = rules or load_rules()
     dev_key = "cuda" if device.startswith("cuda") else "cpu"
     budget = float(time_budget_s or rules["default_time_budget_s"][dev_key])
@@ -81,17 +81,18 @@ def make_plan(
         normalization(m, fingerprint.crop_shrink, fingerprint.intensity[i], rules)
         for i, m in enumerate(fingerprint.modalities)
     ]
-    return {
-        "vesalius_plan": PLAN_VERSION,
-        "dataset": dataset.name,
-        "spatial_dims": dataset.spatial_dims,
-        "channels": dataset.channels,
-        "labels": {str(k): v for k, v in dataset.labels.items()},
-        "normalization": norms,
-        "budget": {"device": dev_key, "time_budget_s": budget, "memory_gb": memory},
-        "training": training_defaults(dev_key, rules),
-        "configurations": configurations,
-    }
+    return Plan.from_json(
+        {
+            "dataset": dataset.name,
+            "spatial_dims": dataset.spatial_dims,
+            "channels": dataset.channels,
+            "labels": {str(k): v for k, v in dataset.labels.items()},
+            "normalization": norms,
+            "budget": {"device": dev_key, "time_budget_s": budget, "memory_gb": memory},
+            "training": training_defaults(dev_key, rules),
+            "configurations": configurations,
+        }
+    )
 
 
 def _configuration(
@@ -134,27 +135,24 @@ def plan_dataset(
     time_budget_s: float | None = None,
     memory_gb: float | None = None,
     workers: int = 2,
-) -> tuple[dict[str, Any], Path]:
+) -> tuple[Plan, Path]:
     """Fingerprint (cached) and plan an imported segmentation data set; returns the plan and its path."""
     ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     if dataset.task != "segmentation":
         raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets")
-    folder = ws.root / "preprocessed" / name
-    fp_path = folder / "fingerprint.json"
+    fp_path = ws.fingerprint_path(name)
     fingerprint = Fingerprint.from_json(json.loads(fp_path.read_text())) if fp_path.exists() else None
     if fingerprint is None or len(fingerprint.class_centroids) != fingerprint.num_cases:  # none, or pre-centroids
         fingerprint = compute_fingerprint(dataset, workers=workers)
         write_json_atomic(fp_path, fingerprint.to_json())
     plan = make_plan(fingerprint, dataset, device=device, time_budget_s=time_budget_s, memory_gb=memory_gb)
-    plan_path = folder / "plan.json"
-    write_json_atomic(plan_path, plan)
-    return plan, plan_path
+    return plan, plan.save(ws.plan_path(name))
 
 
-def load_plan(name: str, workspace: str | Path | Workspace | None = None) -> dict[str, Any]:
-    ws = Workspace.resolve(workspace)
-    path = ws.root / "preprocessed" / name / "plan.json"
+def load_plan(name: str, workspace: str | Path | Workspace | None = None) -> Plan:
+    """The saved segmentation plan of data set ``name``."""
+    path = Workspace.resolve(workspace).plan_path(name)
     if not path.exists():
         raise VesaliusError("no plan", path, f"run 'vesalius plan {name}' first")
-    return json.loads(path.read_text())
+    return Plan.load(path)

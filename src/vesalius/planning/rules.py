@@ -130,10 +130,11 @@ def network_stem(device: str, dims_key: str, rules: Rules) -> dict[str, Any]:
     ``full_resolution_stage[device]`` lists, else ``{"stem": "strided"}`` (the first convolution pools; the cheapest
     layout).
 
-    Measured on MSD Hippocampus (CPU, ``benchmarks/hippocampus_variants.py``: 2000 iterations of batch 3): with
-    AdamW + cosine, the full-resolution stage (16 features) reached a mean Dice of 0.8815 / 0.8814 on folds 0 / 1,
-    the strided stem with SGD + poly 0.8725 / 0.8602 (on fold 0: AdamW alone 0.874), at 1.9x the time per
-    iteration (3x at batch 10 on 2 threads: ``full_resolution_stage_cost``).
+    Why the CPU's 3D plans get it: on MSD Hippocampus (``benchmarks/hippocampus_variants.py``, a fixed number of
+    iterations) the full-resolution stage with AdamW + cosine gave a mean Dice 0.009-0.021 higher than the strided
+    stem with SGD + poly on each of the three folds tried, where AdamW alone gained almost nothing; it costs about
+    3x the time per iteration at batch 10 on 2 CPU threads (``full_resolution_stage_cost``). Figures:
+    ``benchmarks/RESULTS.md``.
     """
     dev = "cuda" if device.startswith("cuda") else "cpu"
     return {"stem": "full" if dims_key in rules["full_resolution_stage"][dev] else "strided"}

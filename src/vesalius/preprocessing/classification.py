@@ -1,4 +1,4 @@
-"""Images of a classification data set as one array the network takes: normalised, then resized to the plan's input.
+"""Images of a classification data set as one array the network takes: normalised, then resized to the network's input.
 
 Arrays: a case ``(C, *spatial)`` of any size becomes ``(C, *input_size)``: each channel normalised as the plan says
 (:func:`vesalius.preprocessing.normalize.normalize`), then resized with linear interpolation (bilinear in 2D,
@@ -9,12 +9,12 @@ both see identical inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vesalius.planning.plan import Normalization
 from vesalius.preprocessing.normalize import normalize
 
 __all__ = ["prepare_image", "prepare_images"]
@@ -23,10 +23,10 @@ __all__ = ["prepare_image", "prepare_images"]
 HALF_PRECISION_BYTES = 512 * 2**20
 
 
-def prepare_image(array: np.ndarray, plan: dict[str, Any]) -> np.ndarray:
-    """One image ``(C, *spatial)`` -> normalised float32 ``(C, *plan["input_size"])``."""
-    x = torch.from_numpy(normalize(array, plan["normalization"]))
-    size = tuple(int(s) for s in plan["input_size"])
+def prepare_image(array: np.ndarray, normalization: Sequence[Normalization], input_size: Sequence[int]) -> np.ndarray:
+    """One image ``(C, *spatial)`` -> normalised float32 ``(C, *input_size)``."""
+    x = torch.from_numpy(normalize(array, normalization))
+    size = tuple(int(s) for s in input_size)
     if tuple(x.shape[1:]) != size:
         mode = "bilinear" if x.ndim == 3 else "trilinear"
         shrink = x.ndim == 3 and any(s < n for s, n in zip(size, x.shape[1:], strict=True))
@@ -34,12 +34,14 @@ def prepare_image(array: np.ndarray, plan: dict[str, Any]) -> np.ndarray:
     return x.numpy()
 
 
-def prepare_images(arrays: Sequence[np.ndarray], plan: dict[str, Any]) -> np.ndarray:
+def prepare_images(
+    arrays: Sequence[np.ndarray], normalization: Sequence[Normalization], input_size: Sequence[int]
+) -> np.ndarray:
     """Images ``(C, *spatial)`` -> one ``(N, C, *input_size)`` array (float32, or float16 when large)."""
-    size = tuple(int(s) for s in plan["input_size"])
-    channels = len(plan["channels"])
+    size = tuple(int(s) for s in input_size)
+    channels = len(normalization)
     dtype = np.float16 if len(arrays) * channels * int(np.prod(size)) * 4 > HALF_PRECISION_BYTES else np.float32
     out = np.empty((len(arrays), channels, *size), dtype=dtype)
     for i, array in enumerate(arrays):
-        out[i] = prepare_image(array, plan)
+        out[i] = prepare_image(array, normalization, size)
     return out

@@ -7,17 +7,21 @@ Schemes: ``ct`` (clip to data-set foreground percentiles, then z-score with the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
+from vesalius.planning.plan import Normalization
 
-def normalize(array: np.ndarray, schemes: list[dict[str, Any]], nonzero_mask: np.ndarray | None = None) -> np.ndarray:
+
+def normalize(
+    array: np.ndarray, schemes: Sequence[Normalization], nonzero_mask: np.ndarray | None = None
+) -> np.ndarray:
     """Normalise a ``(C, *spatial)`` array channel by channel; returns float32.
 
     Args:
         array: the image.
-        schemes: one normalisation dict per channel (from the plan).
+        schemes: one normalisation per channel (from the plan).
         nonzero_mask: ``(*spatial)`` bool mask of the region that was non-zero before cropping; used by
             ``zscore`` with ``use_nonzero_mask``.
     """
@@ -26,14 +30,14 @@ def normalize(array: np.ndarray, schemes: list[dict[str, Any]], nonzero_mask: np
     out = np.empty(array.shape, dtype=np.float32)
     for c, scheme in enumerate(schemes):
         x = array[c].astype(np.float32, copy=False)
-        kind = scheme["scheme"]
+        kind = scheme.scheme
         if kind == "ct":
-            low, high = scheme["clip"]
-            out[c] = (np.clip(x, low, high) - scheme["mean"]) / scheme["std"]
+            low, high = scheme.clip  # type: ignore[misc]
+            out[c] = (np.clip(x, low, high) - scheme.mean) / scheme.std  # type: ignore[operator]
         elif kind == "scale":
-            out[c] = (x - scheme["low"]) / (scheme["high"] - scheme["low"])
+            out[c] = (x - scheme.low) / (scheme.high - scheme.low)  # type: ignore[operator]
         elif kind == "zscore":
-            use_mask = scheme.get("use_nonzero_mask") and nonzero_mask is not None and nonzero_mask.any()
+            use_mask = scheme.use_nonzero_mask and nonzero_mask is not None and nonzero_mask.any()
             values = x[nonzero_mask] if use_mask else x
             mean, std = float(values.mean()), float(values.std())
             out[c] = (x - mean) / max(std, 1e-8)

@@ -8,38 +8,43 @@ original geometry and shape, the grid after cropping and after resampling). The 
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vesalius.data.dataset import Case, Dataset, write_json_atomic
+from vesalius.data.dataset import Case, Dataset
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image
-from vesalius.io.atomic import atomic_path
-from vesalius.planning.fingerprint import nonzero_box
+from vesalius.io.atomic import atomic_path, write_json_atomic
+from vesalius.io.image import nonzero_box
+from vesalius.planning.plan import Normalization, Plan
 from vesalius.preprocessing.normalize import normalize
 from vesalius.preprocessing.spatial import crop, grid_for_spacing, resample_to, uncrop
 from vesalius.workspace import Workspace
 
 
 def preprocess_image(
-    image: Image, label: Image | None, plan: dict[str, Any], config: str
+    image: Image, label: Image | None, spacing: Sequence[float], normalization: Sequence[Normalization]
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Crop, resample and normalise one case; returns (image array, label array or None, properties)."""
-    spacing = tuple(plan["configurations"][config].get("spacing_full") or plan["configurations"][config]["spacing"])
+    """Crop to the non-zero region, resample to ``spacing`` (every image axis) and normalise one case.
+
+    Returns the image array ``(C, *resampled)``, the label array ``(1, *resampled)`` or ``None``, and the
+    properties that :func:`restore_to_original` needs (crop box, geometries and shapes).
+    """
+    spacing = tuple(spacing)
     box = nonzero_box(image.array)
     cropped = crop(image, box)
     nonzero = np.any(cropped.array != 0, axis=0)
     shape, geometry = grid_for_spacing(cropped, spacing)
     resampled = resample_to(cropped, shape, geometry)
     mask = None
-    if any(n.get("use_nonzero_mask") for n in plan["normalization"]):
+    if any(n.use_nonzero_mask for n in normalization):
         mask_image = resample_to(cropped.with_array(nonzero[None].astype(np.uint8)), shape, geometry, is_label=True)
         mask = mask_image.array[0].astype(bool)
-    data = normalize(resampled.array, plan["normalization"], mask)
+    data = normalize(resampled.array, normalization, mask)
     seg = None
     if label is not None:
         seg = resample_to(crop(label, box), shape, geometry, is_label=True).array.astype(np.uint8)
@@ -70,10 +75,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> str:
+def _preprocess_one(args: tuple[Dataset, Case, Plan, str, Path]) -> str:
     dataset, case, plan, config, folder = args
     image, label = dataset.read_case(case)
-    data, seg, properties = preprocess_image(image, label, plan, config)
+    spacing = plan.configuration(config).resampling_spacing
+    data, seg, properties = preprocess_image(image, label, spacing, plan.normalization)
     _save_npy(folder / f"{case.case_id}.npy", data)
     if seg is not None:
         _save_npy(folder / f"{case.case_id}_seg.npy", seg)
@@ -81,26 +87,29 @@ def _preprocess_one(args: tuple[Dataset, Case, dict[str, Any], str, Path]) -> st
     return case.case_id
 
 
-def _preprocessing_settings(plan: dict[str, Any], config: str) -> dict[str, Any]:
+def _preprocessing_settings(plan: Plan, config: str) -> dict[str, Any]:
     """The parts of a plan that a preprocessed case depends on (target spacing, normalisation, channels)."""
-    configuration = plan["configurations"][config]
     return {
-        "spacing": configuration.get("spacing_full") or configuration["spacing"],
-        "normalization": plan["normalization"],
-        "channels": plan["channels"],
+        "spacing": plan.configuration(config).resampling_spacing,
+        "normalization": plan.normalization,
+        "channels": plan.channels,
     }
 
 
-def _drop_stale_cases(folder: Path, plan: dict[str, Any], config: str) -> None:
-    """Delete the cached cases of ``folder`` when they were made with other preprocessing settings."""
+def _drop_stale_cases(folder: Path, plan: Plan, config: str) -> None:
+    """Delete the cached cases of ``folder`` when they were made with other preprocessing settings (or with a plan
+    that no longer reads)."""
     made_with = folder / "plan.json"
     if not made_with.is_file():
         return
-    previous = json.loads(made_with.read_text())
-    if config in previous.get("configurations", {}) and _preprocessing_settings(
-        previous, config
-    ) == _preprocessing_settings(plan, config):
-        return
+    try:
+        previous = Plan.load(made_with)
+        if config in previous.configurations and _preprocessing_settings(previous, config) == _preprocessing_settings(
+            plan, config
+        ):
+            return
+    except VesaliusError:
+        pass
     for path in [*folder.glob("*.npy"), *folder.glob("*.json")]:
         path.unlink()
 
@@ -124,12 +133,11 @@ def preprocess_dataset(
     ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     plan = load_plan(name, ws)
-    if config not in plan["configurations"]:
-        raise VesaliusError(f"the plan has no '{config}' configuration", remedy=f"use {list(plan['configurations'])}")
+    plan.configuration(config)  # a clear error for a configuration the plan does not have
     folder = ws.preprocessed_dir(name, config)
     folder.mkdir(parents=True, exist_ok=True)
     _drop_stale_cases(folder, plan, config)
-    write_json_atomic(folder / "plan.json", plan)
+    plan.save(folder / "plan.json")
     # A case is done when its .json exists: it is written last.
     jobs = [(dataset, c, plan, config, folder) for c in dataset.cases if not (folder / f"{c.case_id}.json").exists()]
     if jobs:

@@ -2,17 +2,17 @@
 
 Sources:
 
-- a **segmentation run** folder (``runs/NAME/CONFIG/fold_K``, with ``training.json``): the data set (from the
-  workspace the run lies in), the plan and training settings, learning curves from ``log.csv``, and the fold's
+- a **segmentation run** folder (``runs/NAME/CONFIG/fold_K``, :mod:`vesalius.model_package`): the data set (from
+  the workspace the run lies in), the trained configuration and training settings, learning curves, and the fold's
   validation predictions (``validation/CASE.EXT``) scored against the data set's references on their original
   grids;
 - an **evaluation** folder (``metrics.csv`` and ``summary.json`` of
-  :func:`vesalius.evaluation.evaluate.evaluate_folder`):
+  :func:`vesalius.evaluation.segmentation.evaluate_folder`):
   the predictions and references named in its summary, and optionally a folder of the images;
-- a **classification run** folder (``training.json`` whose ``task`` is ``"classification"``): learning curves, and
+- a **classification run** folder: learning curves, and
   from ``validation/predictions.csv`` (as ``vesalius predict`` writes it; the true classes from a ``target``
   column, else from the data set) the metrics of
-  :func:`vesalius.evaluation.classification.classification_metrics`, the confusion matrix,
+  :func:`vesalius.metrics.classification.classification_metrics`, the confusion matrix,
   one-vs-rest ROC curves and a calibration plot; the PNG files in ``validation/gradcam/`` form a Grad-CAM gallery.
 
 Segmentation reports show per-class metric tables (mean, median, standard deviation over the cases) and box plots,
@@ -39,6 +39,9 @@ import numpy as np
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix
 from vesalius.io.atomic import write_bytes_atomic
+from vesalius.metrics.classification import roc_curve
+from vesalius.model_package import ModelPackage, TrainedClassification, TrainedSegmentation, is_model_package
+from vesalius.planning.schema import to_json
 
 __all__ = ["SECTIONS", "build_report", "build_report_or_warn"]
 
@@ -79,7 +82,7 @@ def build_report(
     """Write the HTML report of ``source`` (a run folder or an evaluation folder) and return its path.
 
     Args:
-        source: a run folder (``training.json``) or an evaluation folder (``metrics.csv`` + ``summary.json``).
+        source: a run folder or an evaluation folder (``metrics.csv`` + ``summary.json``).
         output: the HTML file; ``SOURCE/report.html`` by default.
         workspace: the workspace of a run (default: the one the run folder lies in, else ``$VESALIUS_HOME``).
         images: evaluation folders: the folder of the images the predictions were made from (files named by case
@@ -90,17 +93,17 @@ def build_report(
     """
     source = Path(source)
     output = source / "report.html" if output is None else Path(output)
-    if (source / "training.json").is_file():
-        training = _read_json(source / "training.json")
-        if training.get("task", training.get("training", {}).get("task")) == "classification":
-            context = _classification_context(source, training, workspace)
+    if is_model_package(source):
+        package = ModelPackage(source)
+        if package.task == "classification":
+            context = _classification_context(package, workspace)
         else:
-            context = _segmentation_run_context(source, training, workspace)
+            context = _segmentation_run_context(package, workspace)
     elif (source / "metrics.csv").is_file() and (source / "summary.json").is_file():
         context = _evaluation_context(source, None if images is None else Path(images))
     else:
         raise VesaliusError(
-            "neither a run folder (training.json) nor an evaluation folder (metrics.csv, summary.json)",
+            "neither a run folder nor an evaluation folder (metrics.csv, summary.json)",
             source,
             "give a fold folder such as runs/NAME/3d/fold_0, or the output folder of 'vesalius evaluate'",
         )
@@ -176,22 +179,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _segmentation_run_context(run_dir: Path, training: dict[str, Any], workspace: str | Path | None) -> dict:
-    from vesalius.evaluation.segmentation import segmentation_metrics
+def _segmentation_run_context(package: ModelPackage, workspace: str | Path | None) -> dict:
+    from vesalius.metrics.segmentation import segmentation_metrics
 
-    settings = training.get("training", {})
-    ws = _workspace_of(run_dir, workspace)
-    dataset = _dataset(ws, settings.get("dataset", ""))
-    plan = _read_json(run_dir / "plan.json") if (run_dir / "plan.json").is_file() else {}
-    names = {int(k): v for k, v in plan.get("labels", {}).items() if int(k) != 0}
+    settings, trained, split = package.settings, package.trained, package.split
+    assert isinstance(trained, TrainedSegmentation)
+    ws = _workspace_of(package.root, workspace)
+    dataset = _dataset(ws, trained.dataset)
+    names = {k: v for k, v in trained.labels.items() if k != 0}
     cases: list[_Case] = []
     notes = []
-    validation = run_dir / "validation"
+    validation = package.validation_dir
     if dataset is None:
-        notes.append(f"the data set '{settings.get('dataset')}' is not in the workspace {ws.root}: no scores")
+        notes.append(f"the data set '{trained.dataset}' is not in the workspace {ws.root}: no scores")
     else:
-        names = names or {k: v for k, v in dataset.labels.items() if k != 0}
-        for case_id in training.get("split", {}).get("val", []):
+        for case_id in split["val"]:
             prediction = _case_file(validation, case_id)
             case = dataset.case(case_id)
             reference = dataset.label_path(case)
@@ -205,12 +207,12 @@ def _segmentation_run_context(run_dir: Path, training: dict[str, Any], workspace
             notes.append(f"no validation predictions in {validation}")
     return {
         "kind": "segmentation",
-        "title": f"{settings.get('dataset', run_dir.name)} {settings.get('config', '')} fold {settings.get('fold')}",
-        "dataset_rows": _dataset_rows(dataset, training.get("split")) if dataset else [],
-        "plan_rows": _settings_rows(training.get("plan_configuration", {})),
-        "normalization": _short(plan.get("normalization", "-")),
+        "title": f"{trained.dataset} {trained.config} fold {settings.get('fold')}",
+        "dataset_rows": _dataset_rows(dataset, split) if dataset else [],
+        "plan_rows": _settings_rows(to_json(trained.configuration)),
+        "normalization": _short(to_json(trained.normalization)),
         "training_rows": _settings_rows(settings),
-        "curves": _curves(run_dir / "log.csv"),
+        "curves": _curves(package.log_csv),
         **_scores_context(cases, names, tolerance_mm=1.0),
         "notes": notes,
     }
@@ -366,14 +368,15 @@ def _on_grid(seg: Image, geometry: Geometry) -> Image:
 # ------------------------------------------------------------------------------------------------ classification
 
 
-def _classification_context(run_dir: Path, training: dict[str, Any], workspace: str | Path | None) -> dict:
-    from vesalius.evaluation.classification import classification_metrics
+def _classification_context(package: ModelPackage, workspace: str | Path | None) -> dict:
+    from vesalius.metrics.classification import classification_metrics
 
-    settings = training.get("training", {})
-    ws = _workspace_of(run_dir, workspace)
-    dataset = _dataset(ws, settings.get("dataset", ""))
+    settings, trained = package.settings, package.trained
+    assert isinstance(trained, TrainedClassification)
+    ws = _workspace_of(package.root, workspace)
+    dataset = _dataset(ws, trained.dataset)
     notes, figures, metrics_rows, cm = [], [], [], None
-    predictions = run_dir / "validation" / "predictions.csv"
+    predictions = package.validation_dir / "predictions.csv"
     case_ids: list[str] = []
     if predictions.is_file():
         try:
@@ -401,7 +404,7 @@ def _classification_context(run_dir: Path, training: dict[str, Any], workspace: 
             ("calibration (reliability diagram)", _calibration_png(y, p)),
         ]
         notes.append(f"{len(case_ids)} validation cases from {predictions}")
-    gradcam_dir = run_dir / "validation" / "gradcam"
+    gradcam_dir = package.validation_dir / "gradcam"
     gallery = (
         [{"name": path.stem, "png": _data_uri(path.read_bytes())} for path in sorted(gradcam_dir.glob("*.png"))[:24]]
         if gradcam_dir.is_dir()
@@ -409,12 +412,12 @@ def _classification_context(run_dir: Path, training: dict[str, Any], workspace: 
     )
     return {
         "kind": "classification",
-        "title": f"{settings.get('dataset', run_dir.name)} classification fold {settings.get('fold', '')}",
-        "dataset_rows": _dataset_rows(dataset, training.get("split")) if dataset else [],
-        "plan_rows": _settings_rows(training.get("network", {})),
-        "normalization": "-",
+        "title": f"{trained.dataset} classification fold {settings.get('fold', '')}",
+        "dataset_rows": _dataset_rows(dataset, package.split) if dataset else [],
+        "plan_rows": _settings_rows(to_json(trained.network)),
+        "normalization": _short(to_json(trained.normalization)),
         "training_rows": _settings_rows(settings),
-        "curves": _curves(run_dir / "log.csv"),
+        "curves": _curves(package.log_csv),
         "classification_rows": metrics_rows,
         "confusion": cm,
         "classification_figures": [(title, _data_uri(png)) for title, png in figures],
@@ -425,9 +428,9 @@ def _classification_context(run_dir: Path, training: dict[str, Any], workspace: 
 
 def _read_probabilities(path: Path, dataset: Any) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """``(case ids, y_true (N,), probabilities (N, K), class names)`` from a predictions CSV
-    (:func:`~vesalius.evaluation.classification_eval.read_predictions_csv`); the true class comes from a ``target``
+    (:func:`~vesalius.evaluation.classification.read_predictions_csv`); the true class comes from a ``target``
     column, else from the data set's cases."""
-    from vesalius.evaluation.classification_eval import read_predictions_csv
+    from vesalius.evaluation.classification import read_predictions_csv
 
     case_ids, names, p = read_predictions_csv(path)
     with open(path, newline="", encoding="utf-8") as f:
@@ -533,23 +536,13 @@ def _confusion_png(cm: np.ndarray, names: list[str]) -> bytes:
     return _png(fig)
 
 
-def _roc_points(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates ``(M,)`` at every distinct threshold, from ``(0, 0)`` to ``(1, 1)``."""
-    order = np.argsort(-scores, kind="stable")
-    scores, positive = scores[order], positive[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # the last case of each distinct score
-    tp, fp = np.cumsum(positive)[last], np.cumsum(~positive)[last]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
-
-
 def _roc_png(y: np.ndarray, p: np.ndarray, names: list[str]) -> bytes:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(4.2, 4))
     for k, name in enumerate(names):
         if len(names) == 2 and k == 0:
             continue  # binary: the curve of the positive class says it all
-        fpr, tpr = _roc_points(y == k, p[:, k])
+        fpr, tpr = roc_curve(y == k, p[:, k])
         ax.plot(fpr, tpr, label=name)
     ax.plot([0, 1], [0, 1], ":", color="0.5")
     ax.set_xlabel("false positive rate")

@@ -1,6 +1,6 @@
-"""Training: settings, schedules, checkpoints, logs and the segmentation trainer."""
+"""Training: settings, the shared loop and each task's head (segmentation, classification), schedules and logs."""
 
-from vesalius.training.config import TrainingConfig
-from vesalius.training.trainer import TrainingResult, train_segmentation
+from vesalius.training.loop import TrainingResult
+from vesalius.training.settings import ClassificationSettings, SegmentationSettings
 
-__all__ = ["TrainingConfig", "TrainingResult", "train_segmentation"]
+__all__ = ["ClassificationSettings", "SegmentationSettings", "TrainingResult"]

@@ -19,34 +19,36 @@ __all__ = ["TrainingLog"]
 
 
 class TrainingLog:
-    """Per-epoch log of a run in ``folder``: ``log.csv``, ``tensorboard/``, ``progress.png``.
+    """Per-epoch log of a run: a CSV table, a plot and (optionally) TensorBoard events.
 
     Args:
-        folder: the run folder.
+        csv_path: the CSV table (``log.csv`` of the run folder); ``plot_path``: the plot (``progress.png``).
         class_names: foreground class names, for the Dice columns ``dice_NAME``.
         rows: rows of earlier epochs (from a checkpoint, when resuming).
-        tensorboard: write TensorBoard events.
+        tensorboard_dir: where to write TensorBoard events, or ``None``.
         metrics: the validation columns to plot instead of the Dice columns (classification: ``val_auc``, ...).
     """
 
     def __init__(
         self,
-        folder: Path,
+        csv_path: Path,
+        plot_path: Path,
         class_names: Sequence[str],
         rows: Sequence[dict[str, float]] = (),
-        tensorboard: bool = True,
+        tensorboard_dir: Path | None = None,
         metrics: Sequence[str] = (),
     ) -> None:
-        self.folder = folder
+        self.csv_path = csv_path
+        self.plot_path = plot_path
         self.class_names = list(class_names)
         self.metrics = list(metrics)
         self.rows: list[dict[str, float]] = [dict(r) for r in rows]
         self._writer: Any = None
-        if tensorboard:
+        if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = int(self.rows[-1]["iteration"]) + 1 if self.rows else None
-            self._writer = SummaryWriter(str(folder / "tensorboard"), purge_step=purge)
+            self._writer = SummaryWriter(str(tensorboard_dir), purge_step=purge)
 
     def add(self, row: dict[str, float]) -> None:
         """Record one epoch and rewrite the CSV and the plot."""
@@ -55,7 +57,7 @@ class TrainingLog:
         writer = csv.DictWriter(buffer, fieldnames=list(self.rows[-1]), extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_bytes_atomic(self.folder / "log.csv", buffer.getvalue().encode())
+        write_bytes_atomic(self.csv_path, buffer.getvalue().encode())
         if self._writer is not None:
             step = int(row["iteration"])
             for key, value in row.items():
@@ -65,7 +67,7 @@ class TrainingLog:
         self.plot()
 
     def plot(self) -> None:
-        """``progress.png``: losses, pseudo-Dice per class (or the ``metrics``) and learning rate against the epoch."""
+        """The plot: losses, pseudo-Dice per class (or the ``metrics``) and learning rate against the epoch."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -96,7 +98,7 @@ class TrainingLog:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
         plt.close(fig)
-        write_bytes_atomic(self.folder / "progress.png", buffer.getvalue())
+        write_bytes_atomic(self.plot_path, buffer.getvalue())
 
     def close(self) -> None:
         if self._writer is not None:

@@ -10,7 +10,6 @@ case's Dice per class. Nothing here writes anything.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def workspace_cases(root: Path) -> list[ViewerCase]:
     for name in ws.dataset_names():
         dataset = Dataset.load(ws.dataset_dir(name))
         labels = {int(k): v for k, v in dataset.labels.items() if int(k) != 0}
-        predictions = _run_predictions(ws.root / "runs" / name) if dataset.task == "segmentation" else {}
+        predictions = _run_predictions(ws.runs_dir(name)) if dataset.task == "segmentation" else {}
         for case in dataset.cases:
             reference = dataset.label_path(case)
             prediction, metrics = predictions.get(case.case_id, (None, {}))
@@ -87,13 +86,16 @@ def workspace_cases(root: Path) -> list[ViewerCase]:
 
 def _run_predictions(runs: Path) -> dict[str, tuple[Path, dict[str, float | str]]]:
     """``{case_id: (prediction file, metrics)}`` from the validation folders of a data set's runs."""
+    from vesalius.model_package import ModelPackage
+
     found: dict[str, tuple[Path, dict[str, float | str]]] = {}
-    for validation in sorted(runs.glob("*/fold_*/validation")):
-        scores = {}
-        summary = validation / "summary.json"
-        if summary.is_file():
-            scores = json.loads(summary.read_text(encoding="utf-8")).get("cases", {})
-        run = f"{validation.parent.parent.name}/{validation.parent.name}"
+    for folder in sorted(runs.glob("*/fold_*")):
+        package = ModelPackage(folder)
+        validation = package.validation_dir
+        if not validation.is_dir():
+            continue
+        scores = (package.validation_summary() or {}).get("cases", {})
+        run = f"{folder.parent.name}/{folder.name}"
         for path in sorted(validation.iterdir()):
             case_id = strip_suffix(path) if path.is_file() and image_suffix(path) else None
             if case_id is None or case_id in found:

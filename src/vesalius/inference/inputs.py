@@ -1,0 +1,101 @@
+"""The inputs of ``vesalius predict``: image files, DICOM series folders, or folders of them, grouped into cases.
+
+An input is an image file; a DICOM series folder (a folder holding ``.dcm`` files and no other images); or a
+folder of image files, one case per file, or for multi-channel models one file per channel named ``CASE_0000``,
+``CASE_0001``, ... (nnU-Net's convention). Both tasks read their inputs here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vesalius.errors import VesaliusError
+from vesalius.io import IMAGE_SUFFIXES, Image, image_suffix, read_image, strip_suffix
+
+__all__ = ["InputCase", "list_inputs", "output_path", "read_case"]
+
+
+@dataclass
+class InputCase:
+    """One case to predict: its id, its files (one per channel, or one DICOM folder) and its output suffix."""
+
+    case_id: str
+    files: list[Path]
+    suffix: str = ".nii.gz"
+    seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def is_dicom_series(self) -> bool:
+        return self.files[0].is_dir()
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and all(image_suffix(p) in (".dcm", ".dicom", "") for p in files)
+
+
+def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
+    """The cases in ``source`` (a file, a DICOM series folder or a folder of files), sorted by id."""
+    source = Path(source)
+    if not source.exists():
+        raise VesaliusError("input not found", source, "give an image file, a DICOM folder or a folder of images")
+    if source.is_file():
+        if channels != 1:
+            raise VesaliusError(
+                f"the model needs {channels} channels but one file was given",
+                source,
+                "give a folder of CASE_000N files",
+            )
+        return [InputCase(strip_suffix(source), [source], image_suffix(source) or ".nii.gz")]
+    if _is_dicom_folder(source):
+        return [InputCase(source.name, [source], ".nii.gz")]
+    files = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
+    subfolders = sorted(p for p in source.iterdir() if p.is_dir() and _is_dicom_folder(p))
+    if channels == 1:
+        cases = [InputCase(strip_suffix(p), [p], image_suffix(p)) for p in files]
+        cases += [InputCase(p.name, [p], ".nii.gz") for p in subfolders]
+    else:
+        groups: dict[str, list[Path]] = {}
+        for p in files:
+            stem = strip_suffix(p)
+            case_id, _, index = stem.rpartition("_")
+            if not (case_id and index.isdigit() and len(index) == 4):
+                raise VesaliusError(
+                    "a multi-channel model needs files named CASE_0000, CASE_0001, ...", p, "rename the files"
+                )
+            groups.setdefault(case_id, []).append(p)
+        cases = []
+        for case_id, group in sorted(groups.items()):
+            if len(group) != channels:
+                raise VesaliusError(
+                    f"case '{case_id}' has {len(group)} channel files, the model needs {channels}",
+                    group[0],
+                    "give one file per channel",
+                )
+            cases.append(InputCase(case_id, sorted(group), image_suffix(group[0])))
+    if not cases:
+        raise VesaliusError("no images in the folder", source, f"supported files: {', '.join(IMAGE_SUFFIXES)}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def read_case(case: InputCase) -> Image:
+    """The case's image: its channel files stacked into one ``(C, *spatial)`` image."""
+    images = [read_image(f) for f in case.files]
+    if len(images) == 1:
+        return images[0]
+    first = images[0]
+    for f, other in zip(case.files[1:], images[1:], strict=True):
+        if other.spatial_shape != first.spatial_shape:
+            raise VesaliusError("channel files of one case differ in shape", f, "resample them onto one grid")
+    return first.with_array(np.concatenate([i.array for i in images], axis=0))
+
+
+def output_path(output: Path, case: InputCase, single: bool) -> Path:
+    """Where a case's label map goes: ``output`` itself for a single case named like an image, else
+    ``output/CASE.SUFFIX``."""
+    if single and image_suffix(output):
+        return output
+    return output / f"{case.case_id}{case.suffix}"

@@ -1,0 +1,198 @@
+"""Segment images with a trained model, each result back on its input's own grid.
+
+One image (:func:`predict_image`): the image goes through the trained configuration's preprocessing (crop to the
+non-zero region, resample to its spacing, normalise), is predicted by sliding windows of the trained patch
+(:mod:`vesalius.inference.sliding_window`, mirroring on the trained axes), and the label map (argmax of the
+probabilities) is mapped back by the exact inverse of the preprocessing, so it has the input's shape, spacing,
+origin and direction.
+
+Files (:func:`segment_files`, ``vesalius predict``): the inputs of :mod:`vesalius.inference.inputs`, with one fold
+or an ensemble of folds (their softmax probabilities are averaged). Each case's label map is written in the input's
+format and on its grid, named after the case (for a DICOM series a NIfTI file and a DICOM-SEG, ``CASE_seg.dcm``,
+referencing the series); optionally the probabilities (``CASE_probabilities.nii.gz``, one channel per class). The
+post-processing decided on the folds' validation cases is applied when all folds decided the same
+(``postprocess=False`` leaves it out); ``fill_holes`` adds hole filling of every class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vesalius.errors import VesaliusError
+from vesalius.inference.inputs import InputCase, list_inputs, output_path, read_case
+from vesalius.inference.model import LoadedModel, load_ensemble
+from vesalius.inference.sliding_window import predict_probabilities
+from vesalius.io import Image, write_image
+from vesalius.model_package import TrainedSegmentation
+from vesalius.precision import autocast_dtype
+from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
+
+__all__ = ["FAST_STEP", "predict_image", "segment_files"]
+
+#: Window step (fraction of the patch) without test-time augmentation (``--fast``).
+FAST_STEP = 0.75
+
+
+def predict_image(
+    model: nn.Module | Sequence[nn.Module],
+    image: Image,
+    trained: TrainedSegmentation,
+    *,
+    mirror_axes: Sequence[int] | None = None,
+    step: float = 0.5,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    return_probabilities: bool = False,
+) -> Image | tuple[Image, Image]:
+    """Segment ``image`` with ``model``, trained as ``trained`` says.
+
+    Args:
+        model: the network, on ``device``, or several (an ensemble of folds: their probabilities are averaged).
+        image: ``(C, *spatial)`` with the trained channels, on its native grid.
+        trained: the trained configuration: spacing, normalisation, patch, mirror axes, batch and, for a 2D
+            configuration of 3D data, the slice axis (the volume is then predicted slice by slice, slices batched).
+        mirror_axes: patch axes to mirror for test-time augmentation; ``None``: the trained ones; ``()``: none.
+        step: window step as a fraction of the patch (0.5: windows overlap by half).
+        batch_size: windows (or slices) per forward pass; ``None``: the training batch size.
+        device: where the model runs.
+        precision: ``"auto"`` (bf16 autocast on CPUs with native bf16 and on CUDA, else float32), ``"fp32"``,
+            ``"bf16"`` or ``"fp16"`` (CUDA); ``None``: the precision the model was trained with
+            (:mod:`vesalius.precision`).
+        return_probabilities: also return the class probabilities.
+
+    Returns:
+        The ``uint8`` label map ``(1, *spatial)`` with the geometry of ``image``; with ``return_probabilities``,
+        ``(labels, probabilities)``, the probabilities a float32 ``(K, *spatial)`` image on the same grid
+        (background 1 outside the region that preprocessing cropped to).
+    """
+    configuration = trained.configuration
+    data, _, properties = preprocess_image(image, None, configuration.resampling_spacing, trained.normalization)
+    patch_size = configuration.patch_size
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    dtype = autocast_dtype(precision or trained.precision, torch.device(device))
+    probabilities = sum(
+        predict_probabilities(
+            m,
+            data,
+            patch_size,
+            step=step,
+            mirror_axes=configuration.mirror_axes if mirror_axes is None else tuple(mirror_axes),
+            batch_size=batch_size or configuration.batch_size,
+            device=device,
+            autocast_dtype=dtype,
+            slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
+        )
+        for m in models
+    ).numpy() / len(models)
+    labels = probabilities.argmax(axis=0)[None].astype(np.uint8)
+    label_image = image.with_array(restore_to_original(labels, properties, is_label=True).array)
+    if not return_probabilities:
+        return label_image
+    classes = [
+        restore_to_original(p[None], properties, is_label=False, fill=1.0 if k == 0 else 0.0).array
+        for k, p in enumerate(probabilities)
+    ]
+    return label_image, image.with_array(np.concatenate(classes, axis=0))
+
+
+def _write_seg(labels: Image, case: InputCase, path: Path, names: dict[int, str]) -> None:
+    """The label map of a DICOM series case as a DICOM-SEG of that series."""
+    from vesalius.io.dicom import list_series
+    from vesalius.io.dicom_seg import write_dicom_seg
+
+    (series,) = list_series(case.files[0])  # read_image has read exactly one series from this folder
+    write_dicom_seg(labels, series.files, path, names)
+
+
+def _postprocessing(models: list[LoadedModel]) -> dict[str, Any] | None:
+    """The post-processing every fold of the ensemble decided on (the same operations), else None."""
+    applied = []
+    for m in models:
+        decision = m.package.postprocessing
+        applied.append(
+            decision
+            and {k: decision[k] for k in ("keep_largest_component", "connectivity", "fill_holes") if decision.get(k)}
+        )
+    return applied[0] if applied[0] and all(a == applied[0] for a in applied) else None
+
+
+def segment_files(
+    source: str | Path,
+    output: str | Path,
+    model: str | Path,
+    *,
+    fast: bool = False,
+    probabilities: bool = False,
+    checkpoint: str = "final",
+    device: str = "cpu",
+    postprocess: bool = True,
+    fill_holes: bool = False,
+    precision: str | None = None,
+    on_case: Callable[[InputCase], None] | None = None,
+) -> list[Path]:
+    """Segment every case in ``source`` into ``output``; returns the written label files (see the module docstring).
+
+    ``model``: a fold's run folder or a folder of folds. ``fast``: no mirroring and a larger window step
+    (:data:`FAST_STEP`); ``probabilities``: also write the class probabilities; ``postprocess``: apply the
+    post-processing decided on the folds' validation cases; ``fill_holes``: then fill the holes of every class;
+    ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA), by default the training precision. ``output``
+    is a file path when ``source`` is one case and ``output`` has an image suffix, otherwise a folder (created).
+    """
+    models = load_ensemble(model, checkpoint, device)
+    trained = models[0].trained
+    if not isinstance(trained, TrainedSegmentation):
+        raise VesaliusError("a classifier, not a segmentation model", models[0].package.root, "use 'vesalius predict'")
+    channels = len(trained.channels)
+    cases = list_inputs(source, channels)
+    output = Path(output)
+    single = len(cases) == 1
+    postprocessing = (_postprocessing(models) if postprocess else None) or {}
+    if fill_holes:
+        postprocessing["fill_holes"] = trained.foreground_labels
+    written = []
+    for case in cases:
+        start = time.perf_counter()
+        image = read_case(case)
+        if image.num_channels != channels:
+            raise VesaliusError(
+                f"the image has {image.num_channels} channels, the model needs {channels}",
+                case.files[0],
+                "give the channels the model was trained with",
+            )
+        if image.ndim != trained.spatial_dims:
+            raise VesaliusError(
+                f"a {image.ndim}D image for a {trained.spatial_dims}D model", case.files[0], "use a matching model"
+            )
+        result = predict_image(
+            [m.network for m in models],
+            image,
+            trained,
+            mirror_axes=() if fast else None,
+            step=FAST_STEP if fast else 0.5,
+            device=device,
+            precision=precision,
+            return_probabilities=probabilities,
+        )
+        labels, probs = result if isinstance(result, tuple) else (result, None)
+        if postprocessing:
+            from vesalius.inference.postprocess import apply_postprocessing
+
+            labels = labels.with_array(apply_postprocessing(labels.array[0], postprocessing)[None])
+        path = output_path(output, case, single)
+        written.append(write_image(labels, path))
+        if case.is_dicom_series:  # also a DICOM-SEG that references the series
+            _write_seg(labels, case, path.parent / f"{case.case_id}_seg.dcm", trained.labels)
+        if probs is not None:
+            write_image(probs, path.parent / f"{case.case_id}_probabilities.nii.gz")
+        case.seconds = time.perf_counter() - start
+        if on_case:
+            on_case(case)
+    return written

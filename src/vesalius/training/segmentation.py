@@ -1,0 +1,237 @@
+"""Segmentation training: one fold of a planned, preprocessed data set, to a trained model.
+
+The recipe (nnU-Net's, sized for the budget): each step draws a batch of patches (a third centred on foreground)
+from the memory-mapped preprocessed cases, augments it on the training device, and takes one step on Dice +
+cross-entropy with deep supervision (MONAI's ``DiceCELoss`` inside ``DeepSupervisionLoss``, weights halving per
+level). After each epoch a pseudo-Dice per class on fixed validation patches; the best epoch is the one where its
+exponential moving average improves. The loop itself (optimiser, precision, checkpoints, resume, logs, budget) is
+:class:`vesalius.training.loop.TrainingLoop`; :func:`vesalius.evaluation.validation.validate_fold` then scores the
+fold on the original grids.
+
+The run saves its trained configuration (:class:`vesalius.model_package.TrainedSegmentation`): the plan's
+configuration with the patch, batch and mirror axes this run trained with, and its precision, so that validation
+and prediction use exactly those.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vesalius.augmentation.sampling import PatchSampler
+from vesalius.augmentation.transforms import AugmentationConfig, Augmenter
+from vesalius.data.dataset import Dataset
+from vesalius.data.splits import load_or_create_splits
+from vesalius.errors import VesaliusError
+from vesalius.model_package import ModelPackage, TrainedSegmentation, versions
+from vesalius.models import build_network
+from vesalius.planning.plan import Plan
+from vesalius.planning.planner import load_plan
+from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult, step_seed
+from vesalius.training.settings import SegmentationSettings, resumed_settings
+from vesalius.workspace import Workspace
+
+__all__ = ["SegmentationHead", "train_segmentation", "trained_configuration"]
+
+EMA_WEIGHT = 0.9
+
+
+def trained_configuration(plan: Plan, settings: SegmentationSettings) -> TrainedSegmentation:
+    """What a run with resolved ``settings`` trains: the plan's configuration with the run's patch, batch and mirror
+    axes, and the run's precision."""
+    configuration = plan.configuration(settings.config)
+    augmentation = dict(settings.augmentation or {})
+    mirror = tuple(int(a) for a in augmentation.get("mirror_axes", configuration.mirror_axes))
+    return TrainedSegmentation(
+        dataset=plan.dataset,
+        config=settings.config,
+        channels=plan.channels,
+        labels=dict(plan.labels),
+        normalization=plan.normalization,
+        configuration=replace(
+            configuration,
+            patch_size=tuple(settings.patch_size or configuration.patch_size),
+            batch_size=int(settings.batch_size or configuration.batch_size),
+            mirror_axes=mirror,
+        ),
+        precision=settings.precision,  # type: ignore[arg-type]
+        versions=versions(),
+    )
+
+
+class SegmentationHead(TaskHead):
+    """Patches, Dice + cross-entropy with deep supervision, and the pseudo-Dice of fixed validation patches."""
+
+    gradient_clip = 12.0
+    sgd_momentum = 0.99
+    final = "last"
+
+    def __init__(
+        self,
+        trained: TrainedSegmentation,
+        settings: SegmentationSettings,
+        folder: Path,
+        split: dict[str, list[str]],
+    ) -> None:
+        from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+        self.trained = trained
+        self.settings = settings
+        self.dataset = settings.dataset
+        configuration = trained.configuration
+        patch = configuration.patch_size
+        self.spatial_dims = len(patch)
+        self.iterations_per_epoch = settings.iterations_per_epoch
+        self.class_names = trained.class_names
+        self.num_classes = len(trained.labels)
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.deep_supervision = DeepSupervisionLoss(self.dice_ce, weight_mode="exp")
+        augmentation = {**(settings.augmentation or {}), "mirror_axes": configuration.mirror_axes}
+        self.augmenter = Augmenter(AugmentationConfig.from_dict(augmentation), patch_size=patch)
+        batch = configuration.batch_size
+        self.sampler = PatchSampler.from_folder(
+            folder,
+            split["train"],
+            patch,
+            batch,
+            seed=settings.seed,
+            extra=self.augmenter.config.margin(patch),
+            slice_axis=configuration.slice_axis,
+        )
+        self.val_batches: list[tuple[np.ndarray, np.ndarray]] = []
+        if split["val"] and settings.val_batches > 0:
+            val_sampler = PatchSampler.from_folder(
+                folder, split["val"], patch, batch, seed=settings.seed + 1, slice_axis=configuration.slice_axis
+            )
+            self.val_batches = [val_sampler.sample(i) for i in range(settings.val_batches)]
+        self.ema_dice = float("nan")
+        self.best_ema = -math.inf
+
+    def build_model(self) -> nn.Module:
+        return build_network(self.trained.configuration, len(self.trained.channels), self.num_classes)
+
+    @staticmethod
+    def _to_device(images: np.ndarray, segs: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(images).to(device, non_blocking=True)
+        y = torch.from_numpy(segs.astype(np.int64, copy=False)).to(device, non_blocking=True)
+        return x, y
+
+    def batch(self, iteration: int, step: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._to_device(*self.sampler.sample(iteration), device)
+        return self.augmenter(x, y, step_seed(self.settings.seed, iteration))
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        outputs = [o.float() for o in outputs] if isinstance(outputs, list) else outputs.float()
+        return self.deep_supervision(outputs, targets.float())
+
+    def validate(self, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict[str, float]:
+        """Loss and pseudo-Dice per class (true/false positives and negatives pooled over all patches)."""
+        if not self.val_batches:
+            return {}
+        k = self.num_classes
+        tp, fp, fn = np.zeros(k), np.zeros(k), np.zeros(k)
+        losses = []
+        for images, segs in self.val_batches:
+            x, y = self._to_device(images, segs, device)
+            logits = forward(x).float()
+            losses.append(float(self.dice_ce(logits, y.float())))
+            pred = logits.argmax(1)
+            ref = y[:, 0]
+            for c in range(1, k):
+                p, r = pred == c, ref == c
+                tp[c] += int((p & r).sum())
+                fp[c] += int((p & ~r).sum())
+                fn[c] += int((~p & r).sum())
+        row = {"val_loss": float(np.mean(losses))}
+        dice = []
+        for c, name in enumerate(self.class_names, start=1):
+            denominator = 2 * tp[c] + fp[c] + fn[c]
+            value = float(2 * tp[c] / denominator) if denominator else float("nan")
+            row[f"dice_{name}"] = value
+            dice.append(value)
+        row["dice_mean"] = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else float("nan")
+        return row
+
+    def judge(self, row: dict[str, float]) -> bool:
+        """Best when the moving average of the mean pseudo-Dice (added to the row as ``dice_ema``) improves."""
+        if "dice_mean" in row and not math.isnan(row["dice_mean"]):
+            ema = row["dice_mean"] if math.isnan(self.ema_dice) else self.ema_dice
+            self.ema_dice = EMA_WEIGHT * ema + (1 - EMA_WEIGHT) * row["dice_mean"]
+            row["dice_ema"] = self.ema_dice
+        if not math.isnan(self.ema_dice) and self.ema_dice > self.best_ema:
+            self.best_ema = self.ema_dice
+            return True
+        return False
+
+    def best_score(self) -> float:
+        return self.best_ema if self.best_ema > -math.inf else float("nan")
+
+    def state(self) -> dict[str, Any]:
+        return {"ema_dice": self.ema_dice, "best_ema": self.best_ema}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.ema_dice = float(state["ema_dice"])
+        self.best_ema = float(state["best_ema"])
+
+
+def _prepare_data(settings: SegmentationSettings, ws: Workspace) -> tuple[Path, dict[str, list[str]]]:
+    """The preprocessed folder (preprocessing first what is missing or stale) and the fold's split."""
+    from vesalius.preprocessing.pipeline import preprocess_dataset
+
+    dataset = Dataset.load(ws.dataset_dir(settings.dataset))
+    if dataset.task != "segmentation":
+        raise VesaliusError(
+            f"'{settings.dataset}' is a {dataset.task} data set", remedy="train segmentation data sets here"
+        )
+    case_ids = [c.case_id for c in dataset.cases]
+    folder = preprocess_dataset(settings.dataset, settings.config, ws)  # only what is missing or stale
+    splits = load_or_create_splits(ws.splits_path(settings.dataset), case_ids)
+    if settings.fold == "all":
+        return folder, {"train": sorted(case_ids), "val": []}
+    if not 0 <= int(settings.fold) < len(splits):
+        raise VesaliusError(f"fold {settings.fold} does not exist", remedy=f"use 0-{len(splits) - 1} or 'all'")
+    return folder, splits[int(settings.fold)]
+
+
+def train_segmentation(
+    settings: SegmentationSettings,
+    workspace: str | Path | Workspace | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+) -> TrainingResult:
+    """Train one fold (or ``"all"``) of a planned segmentation data set; see the module docstring.
+
+    Args:
+        settings: the settings; ``None`` fields come from the plan.
+        workspace: the workspace (default ``$VESALIUS_HOME``).
+        resume: continue the run in the run folder from its ``checkpoint_latest.pt`` with its saved settings
+            (only :attr:`SegmentationSettings.RESUMABLE` may be changed).
+        force: start over in a run folder that already holds a run.
+        show_progress: draw a progress bar (loss, pseudo-Dice, time left) on the terminal.
+        callbacks: called with each epoch's log row after its checkpoint is written.
+    """
+    ws = Workspace.resolve(workspace)
+    package = ModelPackage(ws.run_dir(settings.dataset, settings.config, settings.fold))
+    plan = load_plan(settings.dataset, ws)
+    if resume:
+        settings = resumed_settings(settings, package.saved_settings())  # type: ignore[assignment]
+    settings = settings.resolve(plan)
+    trained = trained_configuration(plan, settings)
+    state = package.prepare(resume=resume, force=force)
+    torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
+    folder, split = _prepare_data(settings, ws)
+    head = SegmentationHead(trained, settings, folder, split)
+    loop = TrainingLoop(head, settings, package, state)
+    package.write_setup(plan, trained, settings.to_dict(), split, ws.fingerprint_path(settings.dataset))
+    return loop.run(show_progress, callbacks)
