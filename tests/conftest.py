@@ -7,6 +7,7 @@ folder (or file) it built; tests corrupt them as they need.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -307,6 +308,69 @@ def trained(planned: Path):  # type: ignore[no-untyped-def]
     import vesalius
 
     return vesalius.train("ph", "3d", 0, workspace=planned, epochs=4, iterations_per_epoch=15, val_batches=2, threads=2)
+
+
+@pytest.fixture(scope="session")
+def trained_synthetic(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A tutorial CNN trained briefly (20 epochs, no augmentation) on 64 synthetic 48x48 cases (fold 0)."""
+    import torch
+
+    import vesalius
+    from vesalius.data.synthetic import make_classification_case
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cls")
+    for i in range(64):
+        folder = "present" if i % 2 else "absent"
+        write_image(make_classification_case(i, i % 2 == 1, shape=(48, 48)), root / "src" / folder / f"c{i:02d}.nii.gz")
+    ws = root / "ws"
+    vesalius.import_dataset(root / "src", "syn", workspace=ws)
+    off = {k: 0.0 for k in ("p_rotation", "p_scaling", "p_noise", "p_blur", "p_brightness", "p_contrast", "p_gamma")}
+    return vesalius.train_classifier(
+        "syn", 0, ws, report=False, network="cnn", epochs=20, lr=3e-3, precision="fp32", threads=1, augmentation=off
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding a 4-case 3D phantom set and the folder of a short run on it: its settings, a 3-epoch log
+    and validation predictions (phantom_001 perfect, phantom_002 with its lesion missed, phantom_003 shifted)."""
+    import vesalius
+    from vesalius.data.synthetic import write_segmentation_dataset
+    from vesalius.io import read_image
+
+    root = tmp_path_factory.mktemp("report")
+    write_segmentation_dataset(root / "src", 4, seed=5)
+    ws = root / "ws"
+    vesalius.import_dataset(root / "src", "ph", workspace=ws)
+    run = ws / "runs" / "ph" / "3d" / "fold_0"
+    (run / "validation").mkdir(parents=True)
+    split = {"train": ["phantom_000"], "val": ["phantom_001", "phantom_002", "phantom_003"]}
+    training = {"dataset": "ph", "config": "3d", "fold": 0, "epochs": 3, "lr": 0.01}
+    plan_configuration = {"spacing": [1.0, 1.0, 2.0], "patch_size": [32, 32, 32], "batch_size": 2}
+    (run / "training.json").write_text(
+        json.dumps({"training": training, "plan_configuration": plan_configuration, "split": split})
+    )
+    labels = {"0": "background", "1": "organ", "2": "lesion"}
+    (run / "plan.json").write_text(json.dumps({"labels": labels, "normalization": [{"scheme": "zscore"}]}))
+    rows = [
+        {"epoch": e, "iteration": 10 * (e + 1), "elapsed_s": e, "lr": 0.01 / (e + 1), "train_loss": 1.0 / (e + 1)}
+        | {"val_loss": 1.2 / (e + 1), "dice_organ": 0.3 * e, "dice_lesion": 0.2 * e, "dice_mean": 0.25 * e}
+        for e in range(3)
+    ]
+    with open(run / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for case_id in split["val"]:
+        reference = read_image(ws / "datasets" / "ph" / "labelsTr" / f"{case_id}.nii.gz")
+        array = reference.array.copy()
+        if case_id == "phantom_002":
+            array[array == 2] = 1
+        if case_id == "phantom_003":
+            array = np.roll(array, 2, axis=1)
+        write_image(reference.with_array(array), run / "validation" / f"{case_id}.nii.gz")
+    return run
 
 
 CHROMIUM_FLAGS = [

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vesalius.cli import main
+from tests.helpers import overlay_volume
 from vesalius.errors import VesaliusError
-from vesalius.io import Geometry, Image, read_image, write_image
+from vesalius.io import Geometry, Image
 from vesalius.reporting.overlay import (
     PALETTE,
     focus_point,
@@ -63,20 +63,8 @@ def test_2d_overlay_puts_x_across_and_y_down_with_physical_aspect() -> None:
     assert overlay.legend == {1: "label 1"}
 
 
-def _volume(direction: np.ndarray | None = None) -> tuple[Image, Image]:
-    """A 20 x 16 x 10 volume, spacing (1, 1, 3) mm; organ (label 1) and a small lesion (label 2) at (14, 5, 6)."""
-    direction = np.eye(3) if direction is None else direction
-    geometry = Geometry((1.0, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(direction.ravel()))
-    image = np.zeros((1, 20, 16, 10), np.float32)
-    image[0, 2:18, 2:14, 1:9] = 100.0
-    seg = np.zeros((1, 20, 16, 10), np.uint8)
-    seg[0, 4:12, 4:12, 2:8] = 1
-    seg[0, 13:16, 4:7, 5:8] = 2
-    return Image(image, geometry), Image(seg, geometry)
-
-
 def test_3d_planes_pass_through_the_largest_lesion_with_physical_aspect() -> None:
-    image, seg = _volume()
+    image, seg = overlay_volume()
     assert focus_point(seg.array[0]) == (14, 5, 6)
     overlay = render_overlay(image, seg, labels={1: "organ", 2: "lesion"}, alpha=1.0, size=60)
     planes = {p.plane: p for p in overlay.panels}
@@ -96,7 +84,7 @@ def test_3d_planes_pass_through_the_largest_lesion_with_physical_aspect() -> Non
 
 
 def test_3d_overlay_is_shown_in_the_same_orientation_whatever_the_direction() -> None:
-    image, seg = _volume()
+    image, seg = overlay_volume()
     flip = np.diag([-1.0, 1.0, 1.0])
     flipped_image = Image(image.array[:, ::-1].copy(), Geometry((1.0, 1.0, 3.0), (19.0, 0.0, 0.0), tuple(flip.ravel())))
     flipped_seg = Image(seg.array[:, ::-1].copy(), flipped_image.geometry)  # the same world, stored mirrored
@@ -106,7 +94,7 @@ def test_3d_overlay_is_shown_in_the_same_orientation_whatever_the_direction() ->
 
 
 def test_montage_spreads_axial_slices_over_the_segmentation() -> None:
-    image, seg = _volume()
+    image, seg = overlay_volume()
     overlay = render_overlay(image, seg, montage=4, size=40)
     assert [p.plane for p in overlay.panels] == ["axial"] * 4
     assert [p.index for p in overlay.panels] == [2, 4, 5, 7]  # z 2..7 hold labels
@@ -132,18 +120,3 @@ def test_ct_window_maps_hounsfield_units_to_grey(tmp_path: Path) -> None:
     (panel,) = overlay.panels
     row = overlay.pixels[panel.top, panel.left : panel.left + 4, 0]
     np.testing.assert_array_equal(row, [0, 128, 255, 255])
-
-
-def test_overlay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image, seg = _volume()
-    write_image(image, tmp_path / "img.nii.gz")
-    write_image(seg, tmp_path / "seg.nii.gz")
-    out = tmp_path / "out.png"
-    args = ["overlay", str(tmp_path / "img.nii.gz"), str(tmp_path / "seg.nii.gz"), "-o", str(out)]
-    assert main([*args, "--window", "40,400", "--reference", str(tmp_path / "seg.nii.gz")]) == 0
-    assert read_image(out).array.shape[0] == 3
-    assert main([*args, "--montage", "6", "--slice", "3"]) == 0
-    other = Image(np.zeros((1, 5, 5, 5), np.uint8), Geometry.default(3))
-    write_image(other, tmp_path / "small.nii.gz")
-    assert main(["overlay", str(tmp_path / "img.nii.gz"), str(tmp_path / "small.nii.gz"), "-o", str(out)]) == 2
-    assert "on the image's grid" in capsys.readouterr().err

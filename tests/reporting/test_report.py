@@ -13,9 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vesalius.cli import main
-from vesalius.data.synthetic import write_segmentation_dataset
-from vesalius.io import read_image, write_image
 from vesalius.reporting.report import SECTIONS, build_report, build_report_or_warn
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -54,46 +51,6 @@ def _check_self_contained(html: str, kind: str) -> _Page:
     return page
 
 
-@pytest.fixture(scope="module")
-def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace holding a 4-case 3D phantom set and the folder of a short run on it: its settings, a 3-epoch log
-    and validation predictions (phantom_001 perfect, phantom_002 with its lesion missed, phantom_003 shifted)."""
-    import vesalius
-
-    root = tmp_path_factory.mktemp("report")
-    write_segmentation_dataset(root / "src", 4, seed=5)
-    ws = root / "ws"
-    vesalius.import_dataset(root / "src", "ph", workspace=ws)
-    run = ws / "runs" / "ph" / "3d" / "fold_0"
-    (run / "validation").mkdir(parents=True)
-    split = {"train": ["phantom_000"], "val": ["phantom_001", "phantom_002", "phantom_003"]}
-    training = {"dataset": "ph", "config": "3d", "fold": 0, "epochs": 3, "lr": 0.01}
-    plan_configuration = {"spacing": [1.0, 1.0, 2.0], "patch_size": [32, 32, 32], "batch_size": 2}
-    (run / "training.json").write_text(
-        json.dumps({"training": training, "plan_configuration": plan_configuration, "split": split})
-    )
-    labels = {"0": "background", "1": "organ", "2": "lesion"}
-    (run / "plan.json").write_text(json.dumps({"labels": labels, "normalization": [{"scheme": "zscore"}]}))
-    rows = [
-        {"epoch": e, "iteration": 10 * (e + 1), "elapsed_s": e, "lr": 0.01 / (e + 1), "train_loss": 1.0 / (e + 1)}
-        | {"val_loss": 1.2 / (e + 1), "dice_organ": 0.3 * e, "dice_lesion": 0.2 * e, "dice_mean": 0.25 * e}
-        for e in range(3)
-    ]
-    with open(run / "log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for case_id in split["val"]:
-        reference = read_image(ws / "datasets" / "ph" / "labelsTr" / f"{case_id}.nii.gz")
-        array = reference.array.copy()
-        if case_id == "phantom_002":
-            array[array == 2] = 1
-        if case_id == "phantom_003":
-            array = np.roll(array, 2, axis=1)
-        write_image(reference.with_array(array), run / "validation" / f"{case_id}.nii.gz")
-    return run
-
-
 def test_report_of_a_segmentation_run(fake_run: Path, tmp_path: Path) -> None:
     before = sorted(p.name for p in fake_run.rglob("*"))
     path = build_report(fake_run, tmp_path / "report.html")
@@ -106,17 +63,6 @@ def test_report_of_a_segmentation_run(fake_run: Path, tmp_path: Path) -> None:
     assert "mL" in html  # measurements: volumes
     assert "patch_size" in html and "zscore" in html and "1 training, 3 validation" in html
     assert sorted(p.name for p in fake_run.rglob("*")) == before  # the run folder is only read
-
-
-def test_report_command_writes_into_the_run_by_default(fake_run: Path, tmp_path: Path, capsys: Any) -> None:
-    import shutil
-
-    run = tmp_path / "ws" / "runs" / "ph" / "3d" / "fold_0"
-    shutil.copytree(fake_run.parents[3], tmp_path / "ws")
-    assert main(["report", str(run)]) == 0
-    assert (run / "report.html").is_file() and str(run / "report.html") in capsys.readouterr().out
-    assert main(["report", str(tmp_path)]) == 2
-    assert "neither a run folder" in capsys.readouterr().err
 
 
 def test_report_of_an_evaluation_folder(fake_run: Path, tmp_path: Path) -> None:

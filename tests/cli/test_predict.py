@@ -86,34 +86,3 @@ def test_predict_errors_are_one_line(trained, tmp_path, capsys):
     write_image(read_image(next((trained.run_dir / "validation").glob("*.nii.gz"))), empty / "x.nii.gz")
     assert main(["predict", "-i", str(empty), "-o", str(tmp_path / "o"), "-m", str(tmp_path)]) == 2
     assert "no trained model" in capsys.readouterr().err
-
-
-def test_demo_runs_the_pipeline_end_to_end(tmp_path, capsys):
-    ws = tmp_path / "demo_ws"
-    assert main(["demo", "--cases", "10", "--time-budget", "6s", "-w", str(ws)]) == 0
-    printed = capsys.readouterr().out
-    assert "validation Dice" in printed and "evaluation organ: Dice" in printed
-    assert f"report: {ws.absolute() / 'reports' / 'demo_phantom.html'}" in printed
-    predictions = ws / "predictions" / "demo_phantom"
-    assert (predictions / "metrics.csv").is_file() and (predictions / "measurements.csv").is_file()
-    summary = json.loads((predictions / "summary.json").read_text())
-    assert summary["num_cases"] == len(list(predictions.glob("*.nii.gz"))) >= 2
-
-
-def test_list_inputs_groups_channel_files_and_names_cases(tmp_path, make):
-    from vesalius.errors import VesaliusError
-    from vesalius.inference.predictor import list_inputs
-
-    folder = tmp_path / "in"
-    for case in ("b", "a"):
-        for channel in range(2):
-            write_image(make.volume(channel), folder / f"{case}_{channel:04d}.nrrd")
-    cases = list_inputs(folder, channels=2)
-    assert [c.case_id for c in cases] == ["a", "b"]
-    assert [p.name for p in cases[0].files] == ["a_0000.nrrd", "a_0001.nrrd"] and cases[0].suffix == ".nrrd"
-    assert [c.case_id for c in list_inputs(folder, channels=1)] == ["a_0000", "a_0001", "b_0000", "b_0001"]
-    (folder / "b_0001.nrrd").unlink()
-    with pytest.raises(VesaliusError, match="case 'b' has 1 channel files"):
-        list_inputs(folder, channels=2)
-    with pytest.raises(VesaliusError, match="needs 2 channels"):
-        list_inputs(folder / "a_0000.nrrd", channels=2)

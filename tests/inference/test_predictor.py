@@ -1,0 +1,28 @@
+"""Input files of a prediction: channel files grouped into cases, cases named."""
+
+from __future__ import annotations
+
+import pytest
+
+from vesalius.io import write_image
+
+pytestmark = pytest.mark.slow
+
+
+def test_list_inputs_groups_channel_files_and_names_cases(tmp_path, make):
+    from vesalius.errors import VesaliusError
+    from vesalius.inference.predictor import list_inputs
+
+    folder = tmp_path / "in"
+    for case in ("b", "a"):
+        for channel in range(2):
+            write_image(make.volume(channel), folder / f"{case}_{channel:04d}.nrrd")
+    cases = list_inputs(folder, channels=2)
+    assert [c.case_id for c in cases] == ["a", "b"]
+    assert [p.name for p in cases[0].files] == ["a_0000.nrrd", "a_0001.nrrd"] and cases[0].suffix == ".nrrd"
+    assert [c.case_id for c in list_inputs(folder, channels=1)] == ["a_0000", "a_0001", "b_0000", "b_0001"]
+    (folder / "b_0001.nrrd").unlink()
+    with pytest.raises(VesaliusError, match="case 'b' has 1 channel files"):
+        list_inputs(folder, channels=2)
+    with pytest.raises(VesaliusError, match="needs 2 channels"):
+        list_inputs(folder / "a_0000.nrrd", channels=2)
