@@ -55,13 +55,16 @@ def main() -> None:
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
 
-    source = benchmark_workspace(data_dir)
-    folder = source / "preprocessed" / "hippocampus" / "3d"
-    split = json.loads((source / "preprocessed" / "hippocampus" / "splits.json").read_text())[args.fold]
+    from vesalius.planning.plan import Plan
+    from vesalius.workspace import Workspace
+
+    source = Workspace(benchmark_workspace(data_dir))
+    folder = source.preprocessed_dir("hippocampus", "3d")
+    split = json.loads(source.splits_path("hippocampus").read_text())[args.fold]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    mirror_axis = json.loads((folder / "plan.json").read_text())["configurations"]["3d"]["mirror_axes"][0]
+    mirror_axis = Plan.load(folder / "plan.json").configuration("3d").mirror_axes[0]
 
     def load(case: str) -> tuple[np.ndarray, np.ndarray]:
         properties = json.loads((folder / f"{case}.json").read_text())

@@ -44,8 +44,11 @@ LABELS = {1: "Anterior", 2: "Posterior"}
 
 def vesalius_run(data_dir: Path, train_budget_s: float, threads: int) -> Path:
     """The Vesalius fold-0 run folder, trained first when it has no final checkpoint."""
-    run_dir = WORK_DIR / "vesalius" / "runs" / "hippocampus" / "3d" / f"fold_{FOLD}"
-    if not (run_dir / "checkpoint_final.pt").is_file():
+    from vesalius.model_package import ModelPackage
+    from vesalius.workspace import Workspace
+
+    run_dir = Workspace(WORK_DIR / "vesalius").run_dir("hippocampus", "3d", FOLD)
+    if not ModelPackage(run_dir).checkpoint_path("final").is_file():
         from hippocampus_train import run_vesalius
 
         print(f"no Vesalius model yet: training fold {FOLD} for {train_budget_s / 60:.0f} min", flush=True)

@@ -20,7 +20,6 @@ exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -35,16 +34,18 @@ DATASET = "Task04_Hippocampus"
 WORK_DIR = REPO_ROOT / "benchmarks" / ".work"
 
 
-def prepare_workspace(data_dir: Path, ws: Path, budget_s: float) -> tuple[dict[str, Any], dict[str, float]]:
+def prepare_workspace(data_dir: Path, ws: Path, budget_s: float) -> tuple[Any, dict[str, float]]:
     """Import (once), plan for the CPU with ``budget_s``, preprocess and save the 5-fold split (the one training
     makes: the design trials and the MONAI recipe read it); returns the plan and the step timings."""
     import vesalius
     from vesalius.data.dataset import Dataset
     from vesalius.data.splits import load_or_create_splits
+    from vesalius.workspace import Workspace
 
     timings = {}
     t = time.perf_counter()
-    if not (ws / "datasets" / "hippocampus" / "dataset.json").exists():
+    workspace = Workspace(ws)
+    if not (workspace.dataset_dir("hippocampus") / "dataset.json").exists():
         vesalius.import_dataset(data_dir, "hippocampus", workspace=ws)
     timings["import_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -53,16 +54,18 @@ def prepare_workspace(data_dir: Path, ws: Path, budget_s: float) -> tuple[dict[s
     t = time.perf_counter()
     vesalius.preprocess("hippocampus", "3d", workspace=ws)
     timings["preprocess_s"] = time.perf_counter() - t
-    case_ids = [c.case_id for c in Dataset.load(ws / "datasets" / "hippocampus").cases]
-    load_or_create_splits(ws / "preprocessed" / "hippocampus" / "splits.json", case_ids)
+    case_ids = [c.case_id for c in Dataset.load(workspace.dataset_dir("hippocampus")).cases]
+    load_or_create_splits(workspace.splits_path("hippocampus"), case_ids)
     return plan, timings
 
 
 def benchmark_workspace(data_dir: Path) -> Path:
     """This benchmark's workspace (``benchmarks/.work/vesalius``), prepared for a 30-minute budget when it lacks
     the saved split; the design trials and the MONAI recipe start from it."""
+    from vesalius.workspace import Workspace
+
     ws = WORK_DIR / "vesalius"
-    if not (ws / "preprocessed" / "hippocampus" / "splits.json").exists():
+    if not Workspace(ws).splits_path("hippocampus").exists():
         prepare_workspace(data_dir, ws, 1800.0)
     return ws
 
@@ -70,22 +73,23 @@ def benchmark_workspace(data_dir: Path) -> Path:
 def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, threads: int) -> dict[str, Any]:
     import torch
 
-    from vesalius.evaluation.cross_validation import validate_fold
-    from vesalius.training import TrainingConfig, train_segmentation
+    from vesalius.evaluation.validation import validate_fold
+    from vesalius.training import SegmentationSettings
+    from vesalius.training.segmentation import train_segmentation
 
     torch.set_num_threads(threads)
     ws = work_dir / "vesalius"
     plan, timings = prepare_workspace(data_dir, ws, budget_s)
-    config = plan["configurations"]["3d"]
+    config = plan.configuration("3d")
     print(
-        f"plan 3d: spacing {config['spacing']}, patch {config['patch_size']}, batch {config['batch_size']}, "
-        f"features {config['features']}, stem {config.get('stem', 'strided')}, "
-        f"mirror axes {config.get('mirror_axes')}, training {plan.get('training')}",
+        f"plan 3d: spacing {list(config.spacing)}, patch {list(config.patch_size)}, batch {config.batch_size}, "
+        f"features {list(config.features)}, stem {config.stem}, "
+        f"mirror axes {list(config.mirror_axes)}, training {plan.training}",
         flush=True,
     )
     t = time.perf_counter()
     result = train_segmentation(
-        TrainingConfig("hippocampus", "3d", fold, time_budget_s=budget_s, threads=threads),
+        SegmentationSettings("hippocampus", "3d", fold, time_budget_s=budget_s, threads=threads),
         ws,
         force=True,
         show_progress=True,
@@ -94,8 +98,12 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
     t = time.perf_counter()
     summary = validate_fold(result.run_dir, ws)
     timings["validate_s"] = time.perf_counter() - t
-    training = json.loads((result.run_dir / "training.json").read_text())
-    patch, batch = training["training"]["patch_size"], training["training"]["batch_size"]
+    from vesalius.model_package import ModelPackage
+    from vesalius.planning.schema import to_json
+
+    package = ModelPackage(result.run_dir)
+    trained = package.trained.configuration
+    patch, batch = list(trained.patch_size), trained.batch_size
     return {
         "tool": "vesalius",
         "fold": fold,
@@ -114,8 +122,8 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
         "n_val_cases": len(summary["cases"]),
         "val_cases": sorted(summary["cases"]),
         "timings": timings,
-        "plan": config,
-        "training": training["training"],
+        "plan": to_json(config),
+        "training": package.settings,
         "run_dir": str(result.run_dir),
     }
 

@@ -8,7 +8,7 @@ Run it from the project's root::
 Each argument ``NAME=JSON`` is a variant: the JSON object overrides keys of the plan's ``3d`` configuration
 (``features``, ``strides``, ``kernels``, ``stem``, ``stem_features``, ``residual_units``, ...) and training settings
 (``optimizer``, ``lr``, ``weight_decay``, ``schedule``, ``precision``, ``augmentation``: see
-:class:`vesalius.training.TrainingConfig`), e.g. ``adamw='{"optimizer": "adamw"}'`` or
+:class:`vesalius.training.SegmentationSettings`), e.g. ``adamw='{"optimizer": "adamw"}'`` or
 ``no_aug='{"augmentation": {"p_rotation": 0, "p_scaling": 0}}'``. Every variant trains
 the same fold for the same number of iterations at the same batch size and seed, so a machine busy with other
 work changes how long a trial takes but not its Dice: on a 2-core machine, two variants at a time with one thread
@@ -43,18 +43,28 @@ TRAINING_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "precision", "au
 
 def variant_workspace(source: Path, name: str, overrides: dict[str, Any]) -> Path:
     """A workspace for one variant that links ``source``'s data set and preprocessed cases; its own plan."""
-    ws = WORK_DIR / "variants" / name
-    shutil.rmtree(ws, ignore_errors=True)
-    planned = ws / "preprocessed" / "hippocampus"
-    planned.mkdir(parents=True)
-    (ws / "datasets").symlink_to(source / "datasets", target_is_directory=True)
-    for file in ("fingerprint.json", "splits.json"):
-        shutil.copy(source / "preprocessed" / "hippocampus" / file, planned / file)
-    (planned / "3d").symlink_to(source / "preprocessed" / "hippocampus" / "3d", target_is_directory=True)
-    plan = json.loads((source / "preprocessed" / "hippocampus" / "plan.json").read_text())
-    plan["configurations"]["3d"].update(overrides)
-    (planned / "plan.json").write_text(json.dumps(plan, indent=1))
-    return ws
+    from vesalius.planning.plan import Plan
+    from vesalius.workspace import Workspace
+
+    origin, variant = Workspace(source), Workspace(WORK_DIR / "variants" / name)
+    shutil.rmtree(variant.root, ignore_errors=True)
+    variant.planning_dir("hippocampus").mkdir(parents=True)
+    variant.dataset_dir("hippocampus").parent.symlink_to(origin.dataset_dir("hippocampus").parent, True)
+    shutil.copy(origin.fingerprint_path("hippocampus"), variant.fingerprint_path("hippocampus"))
+    shutil.copy(origin.splits_path("hippocampus"), variant.splits_path("hippocampus"))
+    variant.preprocessed_dir("hippocampus", "3d").symlink_to(origin.preprocessed_dir("hippocampus", "3d"), True)
+    plan = Plan.load(origin.plan_path("hippocampus")).with_configuration("3d", **_typed(overrides))
+    plan.save(variant.plan_path("hippocampus"))
+    return variant.root
+
+
+def _typed(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Configuration overrides from JSON with the field types of :class:`vesalius.planning.plan.Configuration`
+    (lists become tuples)."""
+    return {
+        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+        for k, v in overrides.items()
+    }
 
 
 def run_variant(
@@ -63,11 +73,12 @@ def run_variant(
     """Train one variant's workspace with the ``training`` settings and score the fold's validation cases."""
     import torch
 
-    from vesalius.evaluation.cross_validation import validate_fold
-    from vesalius.training import TrainingConfig, train_segmentation
+    from vesalius.evaluation.validation import validate_fold
+    from vesalius.training import SegmentationSettings
+    from vesalius.training.segmentation import train_segmentation
 
     torch.set_num_threads(threads)
-    cfg = TrainingConfig(
+    cfg = SegmentationSettings(
         "hippocampus",
         "3d",
         fold,
@@ -89,7 +100,7 @@ def run_variant(
         "iterations": result.iterations,
         "train_seconds": train_s,
         "seconds_per_iteration": train_s / max(result.iterations, 1),
-        "best_pseudo_dice_ema": result.best_pseudo_dice,
+        "best_pseudo_dice_ema": result.best_score,
         "run_dir": str(result.run_dir),
     }
 
@@ -111,6 +122,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def main() -> None:
+    from vesalius.planning.plan import Plan
+    from vesalius.planning.schema import to_json
+    from vesalius.workspace import Workspace
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", help="NAME=JSON overrides of the plan's 3d configuration")
     parser.add_argument("--fold", type=int, default=0)
@@ -162,9 +177,7 @@ def main() -> None:
             "threads_per_variant": args.threads,
             "jobs": args.jobs,
             "seed": args.seed,
-            "base_configuration": json.loads((source / "preprocessed" / "hippocampus" / "plan.json").read_text())[
-                "configurations"
-            ]["3d"],
+            "base_configuration": to_json(Plan.load(Workspace(source).plan_path("hippocampus")).configuration("3d")),
             "variants": results,
             **machine_and_date(),
         }

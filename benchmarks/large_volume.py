@@ -8,8 +8,8 @@ Run it from the project's root::
 A synthetic 1-channel volume (spacing 0.8 x 0.8 x 1.0 mm) is segmented by a 3D U-Net built from a CPU plan
 configuration (features 16-128, the first stage at full resolution, patch 40x56x40 at 1 mm; ``--stem strided``
 for the layout without it; random weights: time and memory do not depend on them)
-through :func:`vesalius.inference.predict_image`: preprocessing (crop, resampling to 1 mm, z-score), sliding
-windows (step 0.5, Gaussian), argmax and resampling back to the native grid. Peak RSS is the process's
+through :func:`vesalius.inference.segmentation.predict_image`: preprocessing (crop, resampling to 1 mm,
+z-score), sliding windows (step 0.5, Gaussian), argmax and resampling back to the native grid. Peak RSS is the process's
 ``ru_maxrss``. Needs no shared data. Prints readable lines and one ``BENCHMARK_JSON {...}`` line.
 """
 
@@ -25,17 +25,22 @@ import numpy as np
 import torch
 
 from common import emit_json
-from vesalius.inference.predict import predict_image
+from vesalius.inference.segmentation import predict_image
 from vesalius.io import Geometry, Image
+from vesalius.model_package import TrainedSegmentation
 from vesalius.models import build_network
+from vesalius.planning.plan import Configuration, Normalization
+from vesalius.planning.schema import from_json
 
 CONFIG = {
     "spacing": [1.0, 1.0, 1.0],
+    "median_shape": [40, 56, 40],
     "patch_size": [40, 56, 40],
     "batch_size": 4,
     "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
     "kernels": [[3, 3, 3]] * 4,
     "features": [16, 32, 64, 128],
+    "iterations": 1,
 }
 STEMS = {"full": {"stem": "full"}, "strided": {"stem": "strided"}}
 
@@ -48,20 +53,26 @@ def main() -> None:
     parser.add_argument("--stem", choices=("full", "strided"), default="full", help="the network's first stage")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    plan = {
-        "channels": ["CT"],
-        "labels": {"0": "background", "1": "organ", "2": "lesion"},
-        "normalization": [{"scheme": "zscore", "use_nonzero_mask": False}],
-        "configurations": {"3d": {**CONFIG, **STEMS[args.stem], "mirror_axes": [0, 1, 2] if args.tta else []}},
-    }
+    configuration = from_json(
+        Configuration, {**CONFIG, **STEMS[args.stem], "mirror_axes": [0, 1, 2] if args.tta else []}
+    )
+    trained = TrainedSegmentation(
+        dataset="synthetic",
+        config="3d",
+        channels=("CT",),
+        labels={0: "background", 1: "organ", 2: "lesion"},
+        normalization=(Normalization("zscore"),),
+        configuration=configuration,
+        precision="bf16",
+    )
     torch.manual_seed(0)
-    model = build_network(plan["configurations"]["3d"], 1, 3).eval()
+    model = build_network(configuration, 1, 3).eval()
     rng = np.random.default_rng(0)
     array = rng.normal(0, 100, size=(1, *args.shape)).astype(np.float32)
     image = Image(array, Geometry((0.8, 0.8, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
-    labels = predict_image(model, image, plan, "3d", precision="bf16")
+    labels = predict_image(model, image, trained)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     assert labels.spatial_shape == image.spatial_shape

@@ -45,19 +45,19 @@ def run_set(name: str, budget_s: float, seed: int, threads: int, network: str | 
     torch.set_num_threads(threads)
     data = shared_data("medmnist")
     assert data is not None
+    from vesalius.workspace import Workspace
+
     ws = WORK_DIR
-    target = ws / "datasets" / name
-    if target.exists():
-        shutil.rmtree(target)
-    plan = ws / "preprocessed" / name
-    if plan.exists():
-        shutil.rmtree(plan)  # plan afresh: the defaults under test
+    for folder in (Workspace(ws).dataset_dir(name), Workspace(ws).planning_dir(name)):
+        if folder.exists():
+            shutil.rmtree(folder)  # import and plan afresh: the defaults under test
     t = time.perf_counter()
     vesalius.import_dataset(data / SETS[name], name, workspace=ws)
     import_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = vesalius.train_classifier(
+    result = vesalius.train(
         name,
+        None,
         "official",
         ws,
         force=True,

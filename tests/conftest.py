@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import trained_segmentation, write_package
 from vesalius.io import Geometry, Image, write_image
 
 SHAPE = (6, 7, 5)
@@ -326,8 +327,18 @@ def trained_synthetic(tmp_path_factory):  # type: ignore[no-untyped-def]
     ws = root / "ws"
     vesalius.import_dataset(root / "src", "syn", workspace=ws)
     off = {k: 0.0 for k in ("p_rotation", "p_scaling", "p_noise", "p_blur", "p_brightness", "p_contrast", "p_gamma")}
-    return vesalius.train_classifier(
-        "syn", 0, ws, report=False, network="cnn", epochs=20, lr=3e-3, precision="fp32", threads=1, augmentation=off
+    return vesalius.train(
+        "syn",
+        None,
+        0,
+        ws,
+        report=False,
+        network="cnn",
+        epochs=20,
+        lr=3e-3,
+        precision="fp32",
+        threads=1,
+        augmentation=off,
     )
 
 
@@ -347,12 +358,8 @@ def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / "validation").mkdir(parents=True)
     split = {"train": ["phantom_000"], "val": ["phantom_001", "phantom_002", "phantom_003"]}
     training = {"dataset": "ph", "config": "3d", "fold": 0, "epochs": 3, "lr": 0.01}
-    plan_configuration = {"spacing": [1.0, 1.0, 2.0], "patch_size": [32, 32, 32], "batch_size": 2}
-    (run / "training.json").write_text(
-        json.dumps({"training": training, "plan_configuration": plan_configuration, "split": split})
-    )
-    labels = {"0": "background", "1": "organ", "2": "lesion"}
-    (run / "plan.json").write_text(json.dumps({"labels": labels, "normalization": [{"scheme": "zscore"}]}))
+    trained = trained_segmentation(spacing=[1.0, 1.0, 2.0], patch_size=[32, 32, 32])
+    write_package(run, trained, split, training)
     rows = [
         {"epoch": e, "iteration": 10 * (e + 1), "elapsed_s": e, "lr": 0.01 / (e + 1), "train_loss": 1.0 / (e + 1)}
         | {"val_loss": 1.2 / (e + 1), "dice_organ": 0.3 * e, "dice_lesion": 0.2 * e, "dice_mean": 0.25 * e}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,17 @@ from torch import nn
 
 from vesalius.data.synthetic import make_classification_case
 from vesalius.io import Geometry, Image
+from vesalius.model_package import ModelPackage, TrainedClassification, TrainedSegmentation
+from vesalius.planning.plan import (
+    Budget,
+    ClassificationPlan,
+    ClassifierNetwork,
+    Configuration,
+    Normalization,
+    Plan,
+    TrainingSuggestion,
+)
+from vesalius.planning.schema import from_json
 
 SIDE = 32  # side of the synthetic_npz images
 
@@ -60,3 +72,113 @@ def overlay_volume(direction: np.ndarray | None = None) -> tuple[Image, Image]:
     seg[0, 4:12, 4:12, 2:8] = 1
     seg[0, 13:16, 4:7, 5:8] = 2
     return Image(image, geometry), Image(seg, geometry)
+
+
+def configuration(**fields: Any) -> Configuration:
+    """A plan configuration with ``fields`` (``patch_size`` at least) and small defaults for the rest."""
+    dims = len(fields["patch_size"])
+    base = {
+        "spacing": [1.0] * dims,
+        "median_shape": list(fields["patch_size"]),
+        "batch_size": 2,
+        "strides": [[1] * dims],
+        "kernels": [[3] * dims],
+        "features": [8],
+        "iterations": 1,
+    }
+    return from_json(Configuration, base | fields)
+
+
+def segmentation_plan(
+    configurations: dict[str, dict[str, Any]],
+    normalization: tuple[dict[str, Any], ...] = ({"scheme": "zscore"},),
+    time_budget_s: float = 1800.0,
+    training: dict[str, str] | None = None,
+) -> Plan:
+    """A segmentation plan of configurations given as :func:`configuration` fields."""
+    return Plan(
+        dataset="x",
+        spatial_dims=max(len(c.get("spacing_full", c["patch_size"])) for c in configurations.values()),
+        channels=tuple(f"channel{i}" for i in range(len(normalization))),
+        labels={0: "background", 1: "a"},
+        normalization=tuple(from_json(Normalization, n) for n in normalization),
+        budget=Budget("cpu", time_budget_s),
+        configurations={key: configuration(**fields) for key, fields in configurations.items()},
+        **({"training": from_json(TrainingSuggestion, training)} if training else {}),
+    )
+
+
+def trained_segmentation(
+    config: str = "3d",
+    normalization: tuple[dict[str, Any], ...] = ({"scheme": "zscore"},),
+    labels: dict[int, str] | None = None,
+    dataset: str = "ph",
+    precision: str = "auto",
+    **fields: Any,
+) -> TrainedSegmentation:
+    """A trained configuration of a segmentation model (configuration ``fields`` as for :func:`configuration`)."""
+    return TrainedSegmentation(
+        dataset=dataset,
+        config=config,
+        channels=tuple(f"channel{i}" for i in range(len(normalization))),
+        labels=labels or {0: "background", 1: "organ", 2: "lesion"},
+        normalization=tuple(from_json(Normalization, n) for n in normalization),
+        configuration=configuration(**fields),
+        precision=precision,  # type: ignore[arg-type]
+    )
+
+
+def trained_classification(labels: dict[int, str], dataset: str = "cls", side: int = 28) -> TrainedClassification:
+    """A trained configuration of a 2D single-channel classifier (the tutorial CNN) of ``side`` x ``side`` inputs."""
+    return TrainedClassification(
+        dataset=dataset,
+        channels=("GREY",),
+        labels=labels,
+        spatial_dims=2,
+        target_type="binary" if len(labels) == 2 else "multiclass",
+        input_size=(side, side),
+        normalization=(Normalization("scale", low=0.0, high=255.0),),
+        network=ClassifierNetwork("cnn"),
+    )
+
+
+def write_package(
+    root: Path,
+    trained: TrainedSegmentation | TrainedClassification,
+    split: dict[str, list[str]],
+    settings: dict[str, Any] | None = None,
+) -> ModelPackage:
+    """A run folder with ``trained`` as its trained configuration, its plan, ``settings`` and ``split`` (no weights)."""
+    common = {
+        "dataset": trained.dataset,
+        "spatial_dims": trained.spatial_dims,
+        "channels": trained.channels,
+        "labels": trained.labels,
+        "normalization": trained.normalization,
+        "budget": Budget("cpu", 1800.0),
+    }
+    if isinstance(trained, TrainedSegmentation):
+        plan: Plan | ClassificationPlan = Plan(**common, configurations={trained.config: trained.configuration})
+        default_settings: dict[str, Any] = {"dataset": trained.dataset, "config": trained.config}
+    else:
+        plan = ClassificationPlan(
+            **common,
+            target_type=trained.target_type,
+            input_size=trained.input_size,
+            network=trained.network,
+            batch_size=2,
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=1e-2,
+            schedule="cosine",
+            epochs=1,
+            early_stopping_patience=1,
+            balance="none",
+            label_smoothing=0.0,
+            augmentation={},
+        )
+        default_settings = {"dataset": trained.dataset}
+    package = ModelPackage(root)
+    root.mkdir(parents=True, exist_ok=True)
+    package.write_setup(plan, trained, settings or default_settings, split)
+    return package

@@ -285,15 +285,14 @@ def train(
         **common,
         **task_settings,
     )
-    best = ""
-    if result.best_epoch is not None and chosen_config is None:
-        best = f", best validation AUC {result.best_score:.3f} at epoch {result.best_epoch}"
-    out.print(
-        f"trained {result.iterations} iterations ({result.epochs} epochs, stopped by {result.stopped}) in "
-        f"{result.elapsed_s:.0f} s{best} -> {result.run_dir}",
-        markup=False,
-        highlight=False,
-    )
+    if "iterations_per_epoch" in task_settings:
+        done = f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s"
+    else:
+        done = f"trained {result.epochs} epochs ({result.iterations} iterations, stopped by {result.stopped})"
+        done += f" in {result.elapsed_s:.0f} s"
+        if result.best_epoch is not None:
+            done += f", best validation AUC {result.best_score:.3f} at epoch {result.best_epoch}"
+    out.print(f"{done} -> {result.run_dir}", markup=False, highlight=False)
     summary = result.validation
     if summary and "dice" in summary:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in summary["dice"].items())

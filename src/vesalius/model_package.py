@@ -172,9 +172,9 @@ class ModelPackage:
 
     # -- files -------------------------------------------------------------------------------------------------------
     def checkpoint_path(self, name: str = "final") -> Path:
-        """``checkpoint_NAME.pt`` (``final``, ``best`` or ``latest``)."""
-        if name not in CHECKPOINTS:
-            raise VesaliusError(f"unknown checkpoint '{name}'", remedy=f"use one of {', '.join(CHECKPOINTS)}")
+        """``checkpoint_NAME.pt``: training writes :data:`CHECKPOINTS` (``final``, ``best``, ``latest``)."""
+        if not name.replace("_", "").isalnum():
+            raise VesaliusError(f"invalid checkpoint name '{name}'", remedy=f"use one of {', '.join(CHECKPOINTS)}")
         return self.root / f"checkpoint_{name}.pt"
 
     @property

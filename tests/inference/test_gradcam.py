@@ -6,17 +6,17 @@ import numpy as np
 import torch
 
 from vesalius.data.synthetic import make_segmentation_case
-from vesalius.inference.classify import load_classifier
+from vesalius.inference.model import load_model
 from vesalius.preprocessing.classification import prepare_images
 
 
 def test_gradcam_map_and_overlay(trained_synthetic, tmp_path, one_torch_thread):
     from vesalius.inference.gradcam import gradcam_map, make_gradcam, write_overlay
 
-    model = load_classifier(trained_synthetic.run_dir)
+    model = load_model(trained_synthetic.run_dir)
     cam = make_gradcam(model.network, "features.4")
     image, _ = make_segmentation_case(1, ndim=2, shape=(48, 48), num_lesion_classes=1)
-    prepared = prepare_images([image.array], model.plan)
+    prepared = prepare_images([image.array], model.trained.normalization, model.trained.input_size)
     heat = gradcam_map(cam, torch.from_numpy(prepared), 1)
     assert heat.shape == (48, 48) and 0.0 <= heat.min() <= heat.max() <= 1.0
     assert write_overlay(prepared[0], heat, tmp_path / "cam.png").stat().st_size > 0

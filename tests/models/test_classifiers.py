@@ -7,6 +7,7 @@ import torch
 
 from vesalius.errors import VesaliusError
 from vesalius.models.classifiers import build_classifier, load_pretrained, num_outputs, to_probabilities
+from vesalius.planning.plan import ClassifierNetwork
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,7 @@ from vesalius.models.classifiers import build_classifier, load_pretrained, num_o
     ],
 )
 def test_classifier_shapes(network, dims, side, one_torch_thread):
-    model = build_classifier(network, dims, 2, 3)
+    model = build_classifier(ClassifierNetwork(**network), dims, 2, 3)
     assert model(torch.zeros(2, 2, *([side] * dims))).shape == (2, 3)
 
 
@@ -36,14 +37,14 @@ def test_outputs_to_probabilities():
 
 def test_pretrained_weights_from_rgb_resnet(tmp_path, one_torch_thread):
     network = {"name": "resnet18", "stem_stride": 2, "width": 0.125}
-    rgb = build_classifier(network, 2, 3, 10)
+    rgb = build_classifier(ClassifierNetwork(**network), 2, 3, 10)
     torch.save(rgb.state_dict(), tmp_path / "imagenet.pt")
-    grey = build_classifier(network, 2, 1, 2)
+    grey = build_classifier(ClassifierNetwork(**network), 2, 1, 2)
     copied = load_pretrained(grey, tmp_path / "imagenet.pt")
     assert copied == len(grey.state_dict()) - 2  # all but the new classification layer
     torch.testing.assert_close(grey.conv1.weight, rgb.conv1.weight.sum(1, keepdim=True))
     with pytest.raises(VesaliusError, match="tensors match"):
-        load_pretrained(build_classifier({"name": "cnn"}, 2, 1, 2), tmp_path / "imagenet.pt")
+        load_pretrained(build_classifier(ClassifierNetwork("cnn"), 2, 1, 2), tmp_path / "imagenet.pt")
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_gradcam_layer_keeps_resolution_and_maps_have_the_input_size(network, di
     from vesalius.inference.gradcam import gradcam_map, make_gradcam
     from vesalius.models.classifiers import GRADCAM_LAYERS, gradcam_layer
 
-    model = build_classifier(network, dims, 1, 2)
+    model = build_classifier(ClassifierNetwork(**network), dims, 1, 2)
     chosen = gradcam_layer(model, network["name"], (1, *[side] * dims))
     assert chosen == layer and chosen in GRADCAM_LAYERS[network["name"]]
     size = (side, side + 4, side - 2)[:dims]

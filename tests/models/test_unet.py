@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import configuration
 from vesalius.models import UNet, build_network
 
 
@@ -33,7 +34,7 @@ def test_unet_keeps_anisotropic_strides():
 
 
 def test_build_network_from_plan_configuration():
-    config = {"patch_size": [16, 16], "features": [4, 8], "strides": [[1, 1], [2, 2]], "kernels": [[3, 3], [3, 3]]}
+    config = configuration(patch_size=[16, 16], features=[4, 8], strides=[[1, 1], [2, 2]], kernels=[[3, 3], [3, 3]])
     net = build_network(config, in_channels=3, num_classes=2).eval()
     with torch.no_grad():
         assert net(torch.randn(1, 3, 16, 16)).shape == (1, 2, 16, 16)

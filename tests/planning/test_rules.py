@@ -12,6 +12,7 @@ from vesalius.data.dataset import Dataset
 from vesalius.data.importers import import_dataset
 from vesalius.data.synthetic import write_segmentation_dataset
 from vesalius.planning.fingerprint import Fingerprint
+from vesalius.planning.plan import TrainingSuggestion
 from vesalius.planning.planner import make_plan, plan_dataset
 from vesalius.planning.rules import (
     features_per_stage,
@@ -203,9 +204,9 @@ def test_the_2d_configuration_gets_the_in_plane_mirror_axes(
         class_centroids=[{"1": c["2"], "2": c["10"]} for c in _pair_centroids(offsets)],
     )
     plan = make_plan(fingerprint, dataset)
-    assert plan["configurations"]["2d"]["slice_axis"] == int(np.argmax(spacing))
-    assert plan["configurations"]["3d"]["mirror_axes"] == axes_3d
-    assert plan["configurations"]["2d"]["mirror_axes"] == axes_2d
+    assert plan.configuration("2d").slice_axis == int(np.argmax(spacing))
+    assert list(plan.configuration("3d").mirror_axes) == axes_3d
+    assert list(plan.configuration("2d").mirror_axes) == axes_2d
 
 
 def test_plan_of_a_synthetic_data_set_has_mirror_axes_and_refreshes_an_old_fingerprint(tmp_path: Path) -> None:
@@ -214,10 +215,10 @@ def test_plan_of_a_synthetic_data_set_has_mirror_axes_and_refreshes_an_old_finge
     import_dataset(source, "phantom", workspace=workspace)
     plan, _ = plan_dataset("phantom", workspace, workers=1)
     # lesions lie anywhere inside the organ: no fixed order, every axis may be mirrored
-    assert plan["configurations"]["3d"]["mirror_axes"] == [0, 1, 2]
-    assert plan["configurations"]["2d"]["mirror_axes"] == [0, 1]
-    assert plan["configurations"]["3d"]["stem"] == "full" and plan["configurations"]["2d"]["stem"] == "strided"
-    assert plan["training"] == {"optimizer": "adamw", "schedule": "cosine"}  # planned for the CPU
+    assert plan.configuration("3d").mirror_axes == (0, 1, 2)
+    assert plan.configuration("2d").mirror_axes == (0, 1)
+    assert plan.configuration("3d").stem == "full" and plan.configuration("2d").stem == "strided"
+    assert plan.training == TrainingSuggestion("adamw", "cosine")  # planned for the CPU
 
     fp_path = workspace / "preprocessed" / "phantom" / "fingerprint.json"
     saved = json.loads(fp_path.read_text())

@@ -11,6 +11,7 @@ import pytest
 from vesalius.data.importers import import_dataset
 from vesalius.data.synthetic import write_segmentation_dataset
 from vesalius.io import Geometry, Image
+from vesalius.planning.plan import Normalization
 from vesalius.planning.planner import plan_dataset
 from vesalius.preprocessing.normalize import normalize
 from vesalius.preprocessing.pipeline import preprocess_dataset, preprocess_image, restore_to_original
@@ -30,10 +31,6 @@ def _ellipsoid_case(spacing: tuple[float, float, float]) -> tuple[Image, Image]:
     image = (body * (100 + 50 * label) + rng.normal(0, 5, shape) * body).astype(np.float32)
     geometry = Geometry(spacing, (-20.0, 31.5, 7.25), ROTATION)
     return Image(image[None], geometry), Image(label[None], geometry)
-
-
-def _plan(spacing: tuple[float, ...], scheme: dict) -> dict:
-    return {"normalization": [scheme], "configurations": {"3d": {"spacing": list(spacing)}}}
 
 
 def test_crop_moves_the_origin_to_the_first_kept_voxel() -> None:
@@ -57,8 +54,8 @@ def test_resampled_grid_covers_the_same_extent() -> None:
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.9, 2.5)])
 def test_preprocess_then_restore_gives_the_original_grid_and_label(spacing: tuple[float, float, float]) -> None:
     image, label = _ellipsoid_case(spacing)
-    plan = _plan((1.0, 1.0, 1.0), {"scheme": "zscore", "use_nonzero_mask": True})
-    data, seg, props = preprocess_image(image, label, plan, "3d")
+    normalization = (Normalization("zscore", use_nonzero_mask=True),)
+    data, seg, props = preprocess_image(image, label, (1.0, 1.0, 1.0), normalization)
     assert data.dtype == np.float32 and seg is not None and seg.shape[1:] == data.shape[1:]
     assert props["shape"] == list(data.shape[1:])
     back = restore_to_original(seg, props, is_label=True)
@@ -74,7 +71,7 @@ def test_zscore_inside_the_nonzero_mask_leaves_the_outside_at_zero() -> None:
     x = np.zeros((1, 10, 10), np.float32)
     x[0, 2:8, 2:8] = np.arange(36).reshape(6, 6)
     mask = x[0] != 0
-    out = normalize(x, [{"scheme": "zscore", "use_nonzero_mask": True}], mask)
+    out = normalize(x, [Normalization("zscore", use_nonzero_mask=True)], mask)
     inside = x[0][mask]
     assert np.allclose(out[0][mask], (inside - inside.mean()) / inside.std(), atol=1e-5)
     assert np.all(out[0][~mask] == 0)
@@ -82,13 +79,13 @@ def test_zscore_inside_the_nonzero_mask_leaves_the_outside_at_zero() -> None:
 
 def test_ct_normalisation_clips_then_standardises() -> None:
     x = np.array([[-2000.0, -100.0, 0.0, 500.0]], np.float32).reshape(1, 2, 2)
-    out = normalize(x, [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 50.0, "std": 100.0}])
+    out = normalize(x, [Normalization("ct", clip=(-100.0, 200.0), mean=50.0, std=100.0)])
     assert np.allclose(out.ravel(), [-1.5, -1.5, -0.5, 1.5])
 
 
 def test_scale_maps_8bit_to_unit_range() -> None:
     x = np.array([[0, 51, 255]], np.uint8).reshape(1, 3, 1)
-    out = normalize(x, [{"scheme": "scale", "low": 0.0, "high": 255.0}])
+    out = normalize(x, [Normalization("scale", low=0.0, high=255.0)])
     assert np.allclose(out.ravel(), [0.0, 0.2, 1.0])
 
 
@@ -105,9 +102,8 @@ def test_cached_cases_are_made_again_when_the_plan_spacing_changes(tmp_path: Pat
     assert preprocess_dataset("phantom", "3d", workspace, workers=1) == folder  # up to date: nothing is redone
     assert (folder / f"{case}.npy").stat().st_mtime_ns == stamp
 
-    coarse = [2 * s for s in plan["configurations"]["3d"]["spacing"]]
-    plan["configurations"]["3d"]["spacing"] = coarse
-    plan_path.write_text(json.dumps(plan))
+    coarse = [2 * s for s in plan.configuration("3d").spacing]
+    plan.with_configuration("3d", spacing=tuple(coarse)).save(plan_path)
     preprocess_dataset("phantom", "3d", workspace, workers=1)
     second = json.loads((folder / f"{case}.json").read_text())
     assert second["geometry"]["spacing"] == pytest.approx(coarse)

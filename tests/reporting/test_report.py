@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import json
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import trained_classification, write_package
 from vesalius.reporting.report import SECTIONS, build_report, build_report_or_warn
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +66,7 @@ def test_report_of_a_segmentation_run(fake_run: Path, tmp_path: Path) -> None:
 
 
 def test_report_of_an_evaluation_folder(fake_run: Path, tmp_path: Path) -> None:
-    from vesalius.evaluation.evaluate import evaluate_folder
+    from vesalius.evaluation.segmentation import evaluate_folder
 
     references = tmp_path / "refs"
     references.mkdir()
@@ -88,7 +88,7 @@ def test_report_of_an_evaluation_folder(fake_run: Path, tmp_path: Path) -> None:
 def test_report_of_a_classification_run(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "cls" / "2d" / "fold_0"
     (run / "validation" / "gradcam").mkdir(parents=True)
-    (run / "training.json").write_text(json.dumps({"task": "classification", "training": {"dataset": "cls"}}))
+    write_package(run, trained_classification({0: "absent", 1: "present"}), {"train": [], "val": []})
     rng = np.random.default_rng(0)
     target = np.array([0, 1] * 10)
     p1 = np.clip(0.7 * target + 0.3 * rng.random(20), 0, 1)

@@ -18,12 +18,14 @@ from tests.helpers import write_npz
 from vesalius.data.importers import import_dataset
 from vesalius.data.synthetic import make_classification_case, write_classification_dataset
 from vesalius.errors import VesaliusError
-from vesalius.evaluation.classification import roc_auc
-from vesalius.inference.classify import load_classifier, predict_probabilities
+from vesalius.inference.classification import predict_probabilities
+from vesalius.inference.model import load_model
+from vesalius.metrics.classification import roc_auc
 from vesalius.models.classifiers import build_classifier
+from vesalius.planning.plan import ClassifierNetwork
 from vesalius.preprocessing.classification import prepare_images
 from vesalius.training.classification import train_classification
-from vesalius.training.classification_config import ClassificationConfig
+from vesalius.training.settings import ClassificationSettings
 
 
 def _held_out(num: int = 40) -> tuple[list[np.ndarray], np.ndarray]:
@@ -34,12 +36,12 @@ def _held_out(num: int = 40) -> tuple[list[np.ndarray], np.ndarray]:
 def test_short_training_beats_an_untrained_model(trained_synthetic, one_torch_thread):
     result = trained_synthetic
     assert result.stopped in ("epochs", "early stopping") and result.validation is not None
-    trained = load_classifier(result.run_dir)
-    untrained = load_classifier(result.run_dir)
+    trained = load_model(result.run_dir)
+    untrained = load_model(result.run_dir)
     torch.manual_seed(0)
-    untrained.network = build_classifier({"name": "cnn"}, 2, 1, 2).eval()
+    untrained.network = build_classifier(ClassifierNetwork("cnn"), 2, 1, 2).eval()
     images, targets = _held_out()
-    prepared = prepare_images(images, trained.plan)
+    prepared = prepare_images(images, trained.trained.normalization, trained.trained.input_size)
     scores = {}
     for name, m in (("trained", trained), ("untrained", untrained)):
         probabilities = predict_probabilities([m], prepared)
@@ -61,8 +63,8 @@ def test_resume_continues_exactly(tmp_path, one_torch_thread):
     ws = tmp_path / "ws"
     vesalius.import_dataset(tmp_path / "src", "r", workspace=ws)
     common = {"network": "cnn", "precision": "fp32", "threads": 1, "batch_size": 4, "early_stopping": 0}
-    whole = train_classification(ClassificationConfig("r", fold=0, epochs=4, **common), ws)
-    weights = {k: v.clone() for k, v in load_classifier(whole.run_dir, "latest").network.state_dict().items()}
+    whole = train_classification(ClassificationSettings("r", fold=0, epochs=4, **common), ws)
+    weights = {k: v.clone() for k, v in load_model(whole.run_dir, "latest").network.state_dict().items()}
 
     class Killed(Exception):
         pass
@@ -73,11 +75,11 @@ def test_resume_continues_exactly(tmp_path, one_torch_thread):
 
     with pytest.raises(Killed):
         train_classification(
-            ClassificationConfig("r", fold=0, epochs=4, **common), ws, force=True, callbacks=[kill_after_two]
+            ClassificationSettings("r", fold=0, epochs=4, **common), ws, force=True, callbacks=[kill_after_two]
         )
-    resumed = train_classification(ClassificationConfig("r", fold=0, epochs=4, **common), ws, resume=True)
+    resumed = train_classification(ClassificationSettings("r", fold=0, epochs=4, **common), ws, resume=True)
     assert resumed.epochs == 4
-    for key, value in load_classifier(resumed.run_dir, "latest").network.state_dict().items():
+    for key, value in load_model(resumed.run_dir, "latest").network.state_dict().items():
         torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
 
 
@@ -91,7 +93,7 @@ def test_multilabel_and_ordinal_training(kind, tmp_path, one_torch_thread):
     source = write_npz(tmp_path / name, {"train": (images[:12], labels[:12]), "val": (images[12:], labels[12:])})
     ws = tmp_path / "ws"
     vesalius.import_dataset(source, "t", workspace=ws)
-    result = vesalius.train_classifier("t", workspace=ws, report=False, network="cnn", epochs=2, threads=1)
+    result = vesalius.train("t", workspace=ws, report=False, network="cnn", epochs=2, threads=1)
     assert result.run_dir.name == "fold_official" and result.validation is not None
     assert result.validation["target_type"] == kind
     width = 3 if kind == "multilabel" else 4
@@ -101,4 +103,4 @@ def test_multilabel_and_ordinal_training(kind, tmp_path, one_torch_thread):
 def test_training_refuses_segmentation_data(tmp_path, msd_source, workspace):
     import_dataset(msd_source, "seg", workspace=workspace)
     with pytest.raises(VesaliusError, match="segmentation data set"):
-        train_classification(ClassificationConfig("seg"), workspace)
+        train_classification(ClassificationSettings("seg"), workspace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from vesalius.models.classifiers import build_classifier
+from vesalius.planning.plan import ClassifierNetwork
 
 
 def test_bf16_convolutions_of_maps_smaller_than_the_kernel_run_in_fp32(one_torch_thread):
@@ -23,7 +24,7 @@ def test_bf16_convolutions_of_maps_smaller_than_the_kernel_run_in_fp32(one_torch
     (gradient,) = torch.autograd.grad(small.pow(2).sum(), conv.weight)
     torch.testing.assert_close(gradient, reference)
 
-    model = build_classifier({"name": "resnet18", "stem_stride": 2, "width": 0.125}, 3, 1, 2)
+    model = build_classifier(ClassifierNetwork("resnet18", stem_stride=2, width=0.125), 3, 1, 2)
     model = model.to(memory_format=torch.channels_last_3d)  # layer3 sees 2^3 maps, layer4 1^3
     fp32_small_convolutions(model)
     volume = torch.rand(4, 1, 28, 28, 28).contiguous(memory_format=torch.channels_last_3d)

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_list_inputs_groups_channel_files_and_names_cases(tmp_path, make):
     from vesalius.errors import VesaliusError
-    from vesalius.inference.predictor import list_inputs
+    from vesalius.inference.inputs import list_inputs
 
     folder = tmp_path / "in"
     for case in ("b", "a"):

@@ -13,10 +13,11 @@ import vesalius
 from tests.helpers import copy_workspace
 from vesalius.data.synthetic import write_segmentation_dataset
 from vesalius.errors import VesaliusError
-from vesalius.evaluation.cross_validation import validate_fold
+from vesalius.evaluation.validation import validate_fold
 from vesalius.inference.model import load_model
 from vesalius.models import build_network
-from vesalius.training import TrainingConfig, train_segmentation
+from vesalius.training import SegmentationSettings
+from vesalius.training.segmentation import train_segmentation
 
 
 @pytest.mark.slow
@@ -28,7 +29,7 @@ def test_short_training_learns_what_an_untrained_network_cannot(trained, planned
     state = torch.load(run / "checkpoint_final.pt", weights_only=True)
     torch.manual_seed(0)
     model = load_model(run)
-    untrained = build_network(model.plan["configurations"]["3d"], 1, 3)
+    untrained = build_network(model.trained.configuration, 1, 3)
     state["model"] = untrained.state_dict()
     torch.save(state, run / "checkpoint_untrained.pt")
     baseline = validate_fold(run, planned, checkpoint="untrained")
@@ -61,7 +62,7 @@ def test_run_folder_holds_logs_checkpoints_and_predictions(trained):
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(planned, tmp_path):
     settings = {"epochs": 3, "iterations_per_epoch": 4, "val_batches": 1, "threads": 2, "precision": "fp32"}
-    straight = train_segmentation(TrainingConfig("ph", fold=1, **settings), planned)
+    straight = train_segmentation(SegmentationSettings("ph", fold=1, **settings), planned)
     expected = torch.load(straight.run_dir / "checkpoint_final.pt", weights_only=True)["model"]
 
     other = copy_workspace(planned, tmp_path)
@@ -71,10 +72,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(planned, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_segmentation(TrainingConfig("ph", fold=1, **settings), other, callbacks=[stop_after_first_epoch])
+        train_segmentation(SegmentationSettings("ph", fold=1, **settings), other, callbacks=[stop_after_first_epoch])
     with pytest.raises(VesaliusError, match="a run exists"):
-        train_segmentation(TrainingConfig("ph", fold=1, **settings), other)
-    resumed = train_segmentation(TrainingConfig("ph", fold=1), other, resume=True)  # saved settings stand
+        train_segmentation(SegmentationSettings("ph", fold=1, **settings), other)
+    resumed = train_segmentation(SegmentationSettings("ph", fold=1), other, resume=True)  # saved settings stand
     assert resumed.iterations == straight.iterations == 12
     got = torch.load(resumed.run_dir / "checkpoint_final.pt", weights_only=True)["model"]
     for key, value in expected.items():
@@ -93,7 +94,7 @@ def test_nan_in_the_data_is_reported_with_its_cause(planned, tmp_path):
             array[:] = np.nan
             np.save(path, array)
     with pytest.raises(VesaliusError) as info:
-        train_segmentation(TrainingConfig("ph", epochs=1, iterations_per_epoch=2, threads=2), ws)
+        train_segmentation(SegmentationSettings("ph", epochs=1, iterations_per_epoch=2, threads=2), ws)
     line = info.value.one_line()
     assert "NaN" in line and "iteration 0" in line and "checkpoint_latest.pt" in line
 

@@ -3,15 +3,18 @@ back exactly on the input's grid (anisotropic, oblique, resampled, cut-out scans
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tests.helpers import conv
+from tests.helpers import conv, trained_segmentation, write_package
 from vesalius.data.synthetic import make_segmentation_case
-from vesalius.inference.predict import predict_image
+from vesalius.inference.segmentation import predict_image
 from vesalius.io import Geometry, Image
+from vesalius.model_package import TrainedSegmentation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,8 +48,9 @@ def _encoded_case(
     return Image(encoded, geometry), Image(label.array, geometry)
 
 
-def _plan(configurations: dict) -> dict:
-    return {"normalization": [{"scheme": "scale", "low": 0.0, "high": SCALE}], "configurations": configurations}
+def _trained(config: str, **configuration: Any) -> TrainedSegmentation:
+    """The trained configuration of an oracle: intensities scaled by ``SCALE``, the configuration's ``fields``."""
+    return trained_segmentation(config, ({"scheme": "scale", "low": 0.0, "high": SCALE},), **configuration)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,7 +76,7 @@ def test_a_case_on_the_plan_grid_is_predicted_exactly(
     spacing = tuple(configuration.get("spacing_full", configuration["spacing"]))
     image, label = _encoded_case(ndim, shape, spacing)
     labels, probabilities = predict_image(
-        _oracle(2 if config == "2d" else 3), image, _plan({config: configuration}), config, return_probabilities=True
+        _oracle(2 if config == "2d" else 3), image, _trained(config, **configuration), return_probabilities=True
     )
     assert labels.geometry == image.geometry and labels.array.dtype == np.uint8
     assert np.array_equal(labels.array, label.array)
@@ -85,8 +89,8 @@ def test_an_anisotropic_oblique_case_comes_back_on_its_own_grid() -> None:
     direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
     geometry = Geometry((0.8, 0.7, 2.6), (-12.5, 40.25, 3.0), direction)
     image, label = _encoded_case(3, (36, 40, 14), geometry.spacing, geometry)
-    plan = _plan({"3d": {"spacing": [1.0, 1.0, 2.0], "patch_size": [16, 16, 8]}})
-    labels = predict_image(_oracle(3), image, plan, "3d", mirror_axes=(0,), step=0.5, batch_size=2)
+    trained = _trained("3d", spacing=[1.0, 1.0, 2.0], patch_size=[16, 16, 8])
+    labels = predict_image(_oracle(3), image, trained, mirror_axes=(0,), step=0.5, batch_size=2)
     assert labels.geometry == image.geometry  # exactly, not just close
     assert labels.spatial_shape == image.spatial_shape and labels.array.dtype == np.uint8
     assert (labels.array == label.array).mean() > 0.99
@@ -107,16 +111,14 @@ def _oblique_direction(degrees: float) -> tuple[float, ...]:
 
 def _oracle_run(tmp_path, monkeypatch, spacing: list[float], patch: list[int]):  # type: ignore[no-untyped-def]
     """A run folder whose 'network' is the oracle: ``vesalius predict`` loads it like a trained fold."""
-    from vesalius.inference import predictor
-    from vesalius.inference.model import TrainedModel
+    from vesalius.inference import segmentation
+    from vesalius.inference.model import LoadedModel
 
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "training.json").write_text("{}")
-    plan = _plan({"3d": {"spacing": spacing, "patch_size": patch, "mirror_axes": [0, 1, 2], "batch_size": 2}})
-    plan |= {"channels": ["MRI"], "labels": {"0": "background", "1": "organ", "2": "lesion"}, "spatial_dims": 3}
-    model = TrainedModel(_oracle(3), plan, "3d", {}, run_dir)
-    monkeypatch.setattr(predictor, "load_model", lambda *args, **kwargs: model)
+    trained = _trained("3d", spacing=spacing, patch_size=patch, mirror_axes=[0, 1, 2], batch_size=2)
+    package = write_package(run_dir, trained, {"train": [], "val": []})
+    model = LoadedModel(_oracle(3), package)
+    monkeypatch.setattr(segmentation, "load_ensemble", lambda *args, **kwargs: [model])
     return run_dir
 
 

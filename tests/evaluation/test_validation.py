@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from vesalius.evaluation.cross_validation import decide_postprocessing
+from vesalius.evaluation.validation import decide_postprocessing
 from vesalius.inference.postprocess import apply_postprocessing
 
 
