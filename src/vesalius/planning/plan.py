@@ -13,6 +13,7 @@ into a trained configuration (:mod:`vesalius.model_package`), and everything aft
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +148,11 @@ class Configuration:
     @property
     def spatial_dims(self) -> int:
         return len(self.patch_size)
+
+    @property
+    def patch_divisors(self) -> tuple[int, ...]:
+        """Per axis, the product of the strides: a patch must be a multiple of it."""
+        return tuple(math.prod(stage[axis] for stage in self.strides) for axis in range(self.spatial_dims))
 
     @property
     def resampling_spacing(self) -> tuple[float, ...]:

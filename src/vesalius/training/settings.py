@@ -150,6 +150,13 @@ class SegmentationSettings(_SettingsIO):
                 f"patch size {list(patch)} for a {configuration.spatial_dims}D configuration",
                 remedy=f"give {configuration.spatial_dims} sizes",
             )
+        divisors = configuration.patch_divisors
+        if any(p % d for p, d in zip(patch, divisors, strict=True)):
+            raise VesaliusError(
+                f"patch size {list(patch)} does not fit the network, which halves each axis {list(divisors)} times "
+                "over",
+                remedy=f"give multiples of {list(divisors)}",
+            )
         return replace(
             self,
             epochs=epochs,
