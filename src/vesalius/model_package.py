@@ -262,18 +262,16 @@ class ModelPackage:
     @property
     def fingerprint(self) -> dict[str, Any] | None:
         """The data set's fingerprint at training time, if it was recorded."""
-        path = self.root / self.FINGERPRINT
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return _json_if_present(self.root / self.FINGERPRINT)
 
     @property
     def postprocessing(self) -> dict[str, Any] | None:
         """The post-processing decided on the validation cases (``postprocessing.json``), if any."""
-        path = self.root / self.POSTPROCESSING
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return _json_if_present(self.root / self.POSTPROCESSING)
 
     def validation_summary(self) -> dict[str, Any] | None:
-        path = self.validation_dir / "summary.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        """The validation's ``summary.json``, if the model was validated."""
+        return _json_if_present(self.validation_dir / "summary.json")
 
     def load_checkpoint(self, name: str = "final") -> dict[str, Any]:
         """The state saved in checkpoint ``name`` (tensors on the CPU)."""
@@ -326,6 +324,15 @@ class ModelPackage:
 
     def write_postprocessing(self, decision: dict[str, Any]) -> None:
         write_json_atomic(self.root / self.POSTPROCESSING, decision)
+
+
+def _json_if_present(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise VesaliusError(f"unreadable JSON ({e})", path, "delete it and validate the model again") from None
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

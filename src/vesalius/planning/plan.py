@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import write_json_atomic
@@ -39,6 +39,30 @@ PLAN_VERSION = 1
 
 Device = Literal["cpu", "cuda"]
 NORMALIZATION_SCHEMES = ("ct", "zscore", "scale")
+
+
+class _PlanFile:
+    """JSON and file I/O of both kinds of plan."""
+
+    def to_json(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls: type[P], data: Any) -> P:
+        """A plan from parsed JSON; :class:`~vesalius.planning.schema.SchemaError` names a wrong key."""
+        return from_json(cls, data)
+
+    def save(self, path: Path) -> Path:
+        write_json_atomic(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls: type[P], path: Path) -> P:
+        """Read a plan file; a wrong key or value is a one-line error naming the file and the key."""
+        return load_document(cls, path, "plan the data set again with 'vesalius plan NAME'")
+
+
+P = TypeVar("P", bound=_PlanFile)
 
 
 @dataclass(frozen=True)
@@ -161,7 +185,7 @@ class Configuration:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(_PlanFile):
     """The segmentation plan of a data set (``preprocessed/NAME/plan.json``).
 
     Attributes:
@@ -208,23 +232,6 @@ class Plan:
         configurations[config] = replace(self.configuration(config), **changes)
         return replace(self, configurations=configurations)
 
-    def to_json(self) -> dict[str, Any]:
-        return to_json(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Plan:
-        """A plan from parsed JSON; :class:`~vesalius.planning.schema.SchemaError` names a wrong key."""
-        return from_json(cls, data)
-
-    def save(self, path: Path) -> Path:
-        write_json_atomic(path, self.to_json())
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> Plan:
-        """Read a plan file; a wrong key or value is a one-line error naming the file and the key."""
-        return load_document(cls, path, "plan the data set again with 'vesalius plan NAME'")
-
 
 @dataclass(frozen=True)
 class ClassifierNetwork:
@@ -244,7 +251,7 @@ class ClassifierNetwork:
 
 
 @dataclass(frozen=True)
-class ClassificationPlan:
+class ClassificationPlan(_PlanFile):
     """The classification plan of a data set (``preprocessed/NAME/classification_plan.json``).
 
     Attributes:
@@ -293,21 +300,6 @@ class ClassificationPlan:
     def class_names(self) -> list[str]:
         """Output ``k``'s class (or label) name, in output order."""
         return [self.labels[k] for k in sorted(self.labels)]
-
-    def to_json(self) -> dict[str, Any]:
-        return to_json(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> ClassificationPlan:
-        return from_json(cls, data)
-
-    def save(self, path: Path) -> Path:
-        write_json_atomic(path, self.to_json())
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> ClassificationPlan:
-        return load_document(cls, path, "plan the data set again with 'vesalius plan NAME'")
 
 
 def _check_common(version: int, channels: tuple[str, ...], normalization: tuple[Any, ...], labels: dict) -> None:
