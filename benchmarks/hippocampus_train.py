@@ -80,11 +80,11 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
     torch.set_num_threads(threads)
     ws = work_dir / "vesalius"
     plan, timings = prepare_workspace(data_dir, ws, budget_s)
-    config = plan.configuration("3d")
+    configuration = plan.configuration("3d")
     print(
-        f"plan 3d: spacing {list(config.spacing)}, patch {list(config.patch_size)}, batch {config.batch_size}, "
-        f"features {list(config.features)}, stem {config.stem}, "
-        f"mirror axes {list(config.mirror_axes)}, training {plan.training}",
+        f"plan 3d: spacing {list(configuration.spacing)}, patch {list(configuration.patch_size)}, "
+        f"batch {configuration.batch_size}, features {list(configuration.features)}, stem {configuration.stem}, "
+        f"mirror axes {list(configuration.mirror_axes)}, training {plan.training}",
         flush=True,
     )
     t = time.perf_counter()
@@ -122,7 +122,7 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
         "n_val_cases": len(summary["cases"]),
         "val_cases": sorted(summary["cases"]),
         "timings": timings,
-        "plan": to_json(config),
+        "plan": to_json(configuration),
         "training": package.settings,
         "run_dir": str(result.run_dir),
     }

@@ -39,11 +39,30 @@ def verify(name: str, workspace: Any = None) -> Any:
     return verify_dataset(Dataset.load(Workspace.resolve(workspace).dataset_dir(name)))
 
 
-def _task(name: str, workspace: Any) -> str:
+def _task(name: str, workspace: Any, requested: str = "auto") -> str:
     from vesalius.data.dataset import dataset_task
     from vesalius.workspace import Workspace
 
-    return dataset_task(Workspace.resolve(workspace).dataset_dir(name))
+    return dataset_task(Workspace.resolve(workspace).dataset_dir(name), requested)
+
+
+def _check_options(task: str, given: dict[str, Any], accepted: Any) -> None:
+    """Refuse options that the task does not take (``accepted``: a settings class or a function), in one line."""
+    import dataclasses
+    import inspect
+
+    from vesalius.errors import VesaliusError
+
+    if dataclasses.is_dataclass(accepted):
+        known = {f.name for f in dataclasses.fields(accepted)}
+    else:
+        known = set(inspect.signature(accepted).parameters)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise VesaliusError(
+            f"{', '.join(unknown)} does not apply to {task}",
+            remedy=f"the options of {task}: {', '.join(sorted(known))}",
+        )
 
 
 def plan(name: str, workspace: Any = None, **kwargs: Any) -> Any:
@@ -74,6 +93,7 @@ def train(
     fold: int | str | None = None,
     workspace: Any = None,
     *,
+    task: str = "auto",
     resume: bool = False,
     force: bool = False,
     validate: bool = True,
@@ -88,24 +108,25 @@ def train(
     ``time_budget_s``, ``lr``, ``precision``, ...); ``fold`` defaults to 0. Classification data sets train a
     classifier (``config`` must be ``None``); ``settings`` are :class:`vesalius.training.ClassificationSettings`
     fields (``network``, ``epochs``, ``balance``, ...); ``fold`` defaults to ``"auto"`` (the source's official split
-    where it has one).
+    where it has one). ``task`` (``"segmentation"`` or ``"classification"``) checks the data set's; an option that
+    does not apply to the task is refused.
 
     Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of :func:`validate`
     (``None`` without validation cases or with ``validate=False``). With ``report``, the run folder then gets
     ``report.html`` (:func:`vesalius.reporting.report.build_report`); a failure to write it is a warning, never a
     lost run.
     """
-    if _task(name, workspace) == "classification":
+    if _task(name, workspace, task) == "classification":
         from vesalius.training.classification import train_classification
         from vesalius.training.settings import ClassificationSettings
 
         if config is not None:
             from vesalius.errors import VesaliusError
 
-            raise VesaliusError(f"'{name}' is a classification data set: it has no plan configurations")
-        cls_settings = ClassificationSettings(dataset=name, fold="auto" if fold is None else fold, **settings)
+            raise VesaliusError(f"'{name}' is a classification data set: it has no plan configurations (--config)")
+        _check_options("classification training", settings, ClassificationSettings)
+        chosen: Any = ClassificationSettings(dataset=name, fold="auto" if fold is None else fold, **settings)
         run = train_classification
-        chosen: Any = cls_settings
     else:
         from vesalius.training.segmentation import train_segmentation
         from vesalius.training.settings import SegmentationSettings
@@ -114,6 +135,7 @@ def train(
             from vesalius.planning.planner import load_plan
 
             config = "3d" if "3d" in load_plan(name, workspace).configurations else "2d"
+        _check_options("segmentation training", settings, SegmentationSettings)
         chosen = SegmentationSettings(dataset=name, config=config, fold=0 if fold is None else fold, **settings)
         run = train_segmentation  # type: ignore[assignment]
     result = run(chosen, workspace, resume=resume, force=force, show_progress=show_progress)
@@ -149,9 +171,11 @@ def predict(source: str | Path, output: str | Path, model: str | Path, **options
     if find_packages(model)[0].task == "classification":
         from vesalius.inference.classification import classify_files
 
+        _check_options("classification", options, classify_files)
         return classify_files(source, output, model, **options)
     from vesalius.inference.segmentation import segment_files
 
+    _check_options("segmentation", options, segment_files)
     return segment_files(source, output, model, **options)
 
 

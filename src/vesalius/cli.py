@@ -222,7 +222,9 @@ def train(
         Path | None, typer.Option(help="Classification: start from these weights (a state-dict file you supply).")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: from the plan's budget).")] = None,
-    iters_per_epoch: Annotated[int, typer.Option(help="Iterations per epoch.")] = 250,
+    iters_per_epoch: Annotated[
+        int | None, typer.Option(help="Segmentation: iterations per epoch (default 250).")
+    ] = None,
     time_budget: Annotated[
         str | None, typer.Option(help="Wall budget of the training loop, e.g. 30m (default: the plan's).")
     ] = None,
@@ -245,47 +247,37 @@ def train(
     """Train a U-Net on a fold of a planned data set, or a classifier on a classification data set (checkpoints,
     logs and progress.png in the run folder)."""
     import vesalius
-    from vesalius.data.dataset import dataset_task
-    from vesalius.workspace import Workspace
+    from vesalius.model_package import ModelPackage
 
-    budget = parse_duration(time_budget) if time_budget else None
-    common = {
+    options = {
         "epochs": epochs,
-        "time_budget_s": budget,
+        "iterations_per_epoch": iters_per_epoch,
+        "time_budget_s": parse_duration(time_budget) if time_budget else None,
         "batch_size": batch_size,
         "optimizer": optimizer,
         "lr": lr,
         "schedule": schedule,
-        "precision": precision,
-        "device": device,
-        "seed": seed,
+        "network": network,
+        "balance": balance,
+        "early_stopping": early_stopping,
+        "pretrained": str(pretrained) if pretrained else None,
     }
-    if dataset_task(Workspace.resolve(workspace).dataset_dir(name), task) == "classification":
-        task_settings: dict = {
-            "network": network,
-            "balance": balance,
-            "early_stopping": early_stopping,
-            "pretrained": str(pretrained) if pretrained else None,
-        }
-        chosen_fold = None if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold))
-        chosen_config = None
-    else:
-        task_settings = {"iterations_per_epoch": iters_per_epoch}
-        chosen_fold = None if fold is None else (fold if fold == "all" else _fold_number(fold))
-        chosen_config = config
     result = vesalius.train(
         name,
-        chosen_config,
-        chosen_fold,
+        config,
+        None if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold)),
         workspace,
+        task=task,
         resume=resume,
         force=force,
         validate=validate,
         show_progress=err.is_terminal,
-        **common,
-        **task_settings,
+        precision=precision,
+        device=device,
+        seed=seed,
+        **{key: value for key, value in options.items() if value is not None},
     )
-    if "iterations_per_epoch" in task_settings:
+    if ModelPackage(result.run_dir).task == "segmentation":
         done = f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s"
     else:
         done = f"trained {result.epochs} epochs ({result.iterations} iterations, stopped by {result.stopped})"
@@ -313,7 +305,7 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (or file, for one input case).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Fold folder, or configuration folder (all folds).")],
     fast: Annotated[
-        bool, typer.Option("--fast", help="No mirroring test-time augmentation, larger window step.")
+        bool, typer.Option("--fast", help="Segmentation: no mirroring test-time augmentation, larger window step.")
     ] = False,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write class probabilities.")] = False,
     checkpoint: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
@@ -333,27 +325,21 @@ def predict(
     """Segment images with a trained model (each output on its input's grid), or classify them with a trained
     classifier (a CSV of class probabilities)."""
     import vesalius
-    from vesalius.model_package import find_packages
 
     def report(case) -> None:  # type: ignore[no-untyped-def]
         err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
 
-    options = {"checkpoint": checkpoint, "device": device, "precision": precision, "on_case": report}
-    if find_packages(model)[0].task == "classification":
-        table = vesalius.predict(input, output, model, explain=explain, **options)
-        out.print(f"class probabilities written to {table}", markup=False, highlight=False)
-        return
+    # only the options given (not at their default) go on: the Python API refuses those of the other task
+    chosen = {"fast": fast, "probabilities": probabilities, "postprocess": postprocess, "fill_holes": fill_holes}
+    defaults = {"fast": False, "probabilities": False, "postprocess": True, "fill_holes": False, "explain": False}
+    given = {key: value for key, value in {**chosen, "explain": explain}.items() if value != defaults[key]}
     written = vesalius.predict(
-        input,
-        output,
-        model,
-        fast=fast,
-        probabilities=probabilities,
-        postprocess=postprocess,
-        fill_holes=fill_holes,
-        **options,
+        input, output, model, checkpoint=checkpoint, device=device, precision=precision, on_case=report, **given
     )
-    out.print(f"{len(written)} segmentation(s) written to {written[0].parent}", markup=False, highlight=False)
+    if isinstance(written, Path):
+        out.print(f"class probabilities written to {written}", markup=False, highlight=False)
+    else:
+        out.print(f"{len(written)} segmentation(s) written to {written[0].parent}", markup=False, highlight=False)
 
 
 @app.command()

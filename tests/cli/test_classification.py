@@ -30,6 +30,17 @@ def test_cli_import_train_predict_evaluate(tmp_path, capsys, one_torch_thread):
     assert len(rows) == 4 and set(rows[0]) >= {"case_id", "predicted", "p_0", "p_1"}
     assert abs(float(rows[0]["p_0"]) + float(rows[0]["p_1"]) - 1) < 1e-4
     assert len(list((out / "gradcam").glob("*.png"))) == 4
+    capsys.readouterr()
+    for wrong in (
+        ["predict", "-i", str(images), "-o", str(out), "-m", str(run), "--fast"],  # a segmentation option
+        ["train", "les", "-w", ws, "--iters-per-epoch", "5"],
+        ["train", "les", "-w", ws, "--config", "3d"],
+    ):
+        assert main(wrong) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            len(err.splitlines()) == 1 and err.startswith("error: ") and ("does not apply" in err or "--config" in err)
+        )
     assert main(["evaluate", str(out / "predictions.csv"), "les", "-w", ws]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == 4 and 0 <= summary["accuracy"] <= 1 and len(summary["accuracy_ci"]) == 2
