@@ -11,9 +11,9 @@ Here each sample's ``(1, C, *spatial)`` slice, which is a view in either layout,
 (vectorised for channels-last, statistics in float32) into one output of the input's layout; the leaky ReLU is
 applied in place on that output, and the backward pass is ATen's batch-norm backward per sample after masking the
 gradient by the activation's slope. Results match ``instance_norm`` followed by ``leaky_relu`` to rounding
-(``tests/models/test_norm.py``). ``benchmarks/network_speed.py`` measures the gain: about a quarter off a training step of
-the CPU plan's U-Net with its full-resolution stage, nothing for the strided U-Net, whose maps are smaller (figures
-in ``benchmarks/RESULTS.md``).
+(``tests/models/test_norm.py``). ``benchmarks/network_speed.py`` measures the gain: about a quarter off a training
+step of the CPU plan's U-Net with its full-resolution stage, nothing for the strided U-Net, whose maps are smaller
+(figures in ``benchmarks/RESULTS.md``).
 
 Contiguous tensors (no copies there), and graphs being traced (``torch.jit.trace``, ONNX export, so that the graph
 does not fix the batch size) go through PyTorch's own ``instance_norm`` and ``leaky_relu``.
