@@ -45,7 +45,7 @@ lint: setup
 
 # The documentation site (MkDocs; API reference generated from the docstrings), strict: a broken reference fails.
 docs: setup
-	$(BIN)/mkdocs build --strict -d site
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) vesalius_work site

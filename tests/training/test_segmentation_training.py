@@ -75,6 +75,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(planned, tmp_path):
         train_segmentation(SegmentationSettings("ph", fold=1, **settings), other, callbacks=[stop_after_first_epoch])
     with pytest.raises(VesaliusError, match="a run exists"):
         train_segmentation(SegmentationSettings("ph", fold=1, **settings), other)
+    plan_file = other / "preprocessed" / "ph" / "plan.json"
+    planned_text = plan_file.read_text()
+    vesalius.plan("ph", workspace=other, time_budget_s=60)  # planned again: the run's network may no longer fit
+    with pytest.raises(VesaliusError, match="planned again since this run started"):
+        train_segmentation(SegmentationSettings("ph", fold=1), other, resume=True)
+    plan_file.write_text(planned_text)
     resumed = train_segmentation(SegmentationSettings("ph", fold=1), other, resume=True)  # saved settings stand
     assert resumed.iterations == straight.iterations == 12
     got = torch.load(resumed.run_dir / "checkpoint_final.pt", weights_only=True)["model"]

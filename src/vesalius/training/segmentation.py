@@ -226,6 +226,12 @@ def train_segmentation(
     plan = load_plan(settings.dataset, ws)
     if resume:
         settings = resumed_settings(settings, package.saved_settings())  # type: ignore[assignment]
+        if package.plan != plan:
+            raise VesaliusError(
+                f"'{settings.dataset}' was planned again since this run started",
+                package.root,
+                "start the run over with --force (or restore the plan it was trained from, its plan.json)",
+            )
     settings = settings.resolve(plan)
     trained = trained_configuration(plan, settings)
     state = package.prepare(resume=resume, force=force)
