@@ -195,6 +195,21 @@ class ModelPackage:
         return self.root / "validation"
 
     @property
+    def validation_summary_path(self) -> Path:
+        """The validation's metrics (``summary.json``)."""
+        return self.validation_dir / "summary.json"
+
+    @property
+    def validation_predictions_csv(self) -> Path:
+        """Classification: the validation cases' probabilities."""
+        return self.validation_dir / "predictions.csv"
+
+    @property
+    def validation_gradcam_dir(self) -> Path:
+        """Classification: Grad-CAM overlays of the most and least confident validation cases."""
+        return self.validation_dir / "gradcam"
+
+    @property
     def report_path(self) -> Path:
         return self.root / "report.html"
 
@@ -271,7 +286,7 @@ class ModelPackage:
 
     def validation_summary(self) -> dict[str, Any] | None:
         """The validation's ``summary.json``, if the model was validated."""
-        return _json_if_present(self.validation_dir / "summary.json")
+        return _json_if_present(self.validation_summary_path)
 
     def load_checkpoint(self, name: str = "final") -> dict[str, Any]:
         """The state saved in checkpoint ``name`` (tensors on the CPU)."""

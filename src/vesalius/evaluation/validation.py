@@ -118,7 +118,7 @@ def validate_fold(
         "cases": cases,
         "postprocessing": decision,
     }
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(package.validation_summary_path, summary)
     return summary
 
 
@@ -158,8 +158,7 @@ def validate_classifier(
         [dataset.read_case(dataset.case(c))[0].array for c in val], trained.normalization, trained.input_size
     )
     probabilities = predict_probabilities([model], images, device=device, precision=precision)
-    folder = package.validation_dir
-    write_predictions_csv(folder / "predictions.csv", val, probabilities, names, trained.target_type)
+    write_predictions_csv(package.validation_predictions_csv, val, probabilities, names, trained.target_type)
     summary = score_classification(
         encode_targets(dataset, val),
         probabilities,
@@ -168,7 +167,7 @@ def validate_classifier(
         bootstrap=bootstrap,
         seed=int(package.settings["seed"]),
     )
-    write_json_atomic(folder / "summary.json", summary)
+    write_json_atomic(package.validation_summary_path, summary)
     if gradcam > 0:
         confidence = np.argsort(-probabilities.max(axis=1), kind="stable")
         chosen = sorted(set(confidence[: (gradcam + 1) // 2]) | set(confidence[::-1][: gradcam // 2]))
@@ -176,7 +175,14 @@ def validate_classifier(
         for i in chosen:
             image = dataset.read_case(dataset.case(val[i]))[0]
             write_explanation(
-                cams, images[i : i + 1], image, probabilities[i], folder / "gradcam", val[i], names, device
+                cams,
+                images[i : i + 1],
+                image,
+                probabilities[i],
+                package.validation_gradcam_dir,
+                val[i],
+                names,
+                device,
             )
     return summary
 

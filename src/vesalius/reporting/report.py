@@ -376,7 +376,7 @@ def _classification_context(package: ModelPackage, workspace: str | Path | None)
     ws = _workspace_of(package.root, workspace)
     dataset = _dataset(ws, trained.dataset)
     notes, figures, metrics_rows, cm = [], [], [], None
-    predictions = package.validation_dir / "predictions.csv"
+    predictions = package.validation_predictions_csv
     case_ids: list[str] = []
     if predictions.is_file():
         try:
@@ -404,7 +404,7 @@ def _classification_context(package: ModelPackage, workspace: str | Path | None)
             ("calibration (reliability diagram)", _calibration_png(y, p)),
         ]
         notes.append(f"{len(case_ids)} validation cases from {predictions}")
-    gradcam_dir = package.validation_dir / "gradcam"
+    gradcam_dir = package.validation_gradcam_dir
     gallery = (
         [{"name": path.stem, "png": _data_uri(path.read_bytes())} for path in sorted(gradcam_dir.glob("*.png"))[:24]]
         if gradcam_dir.is_dir()
