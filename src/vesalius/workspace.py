@@ -52,6 +52,19 @@ class Workspace:
             return root
         return cls.default() if root is None else cls(Path(root).absolute())
 
+    @classmethod
+    def of_run(cls, run_dir: Path) -> Workspace | None:
+        """The workspace a run folder ``runs/NAME/CONFIG/fold_K`` lies in, or ``None`` when it lies elsewhere."""
+        parents = run_dir.absolute().parents
+        if len(parents) > 3 and parents[2].name == "runs":
+            return cls(parents[3])
+        return None
+
+    @staticmethod
+    def holds_workspace(folder: Path) -> bool:
+        """Whether ``folder`` looks like a workspace (it has imported data sets or runs)."""
+        return (folder / "datasets").is_dir() or (folder / "runs").is_dir()
+
     def dataset_dir(self, name: str) -> Path:
         """``datasets/NAME``: the imported data set."""
         return self.root / "datasets" / check_name(name)

@@ -140,10 +140,7 @@ def _workspace_of(run_dir: Path, workspace: str | Path | None) -> Any:
 
     if workspace is not None:
         return Workspace.resolve(workspace)
-    parents = run_dir.absolute().parents
-    if len(parents) > 3 and parents[2].name == "runs":
-        return Workspace(parents[3])
-    return Workspace.default()
+    return Workspace.of_run(run_dir) or Workspace.default()
 
 
 def _dataset(ws: Any, name: str) -> Any:

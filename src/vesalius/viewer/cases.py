@@ -44,7 +44,9 @@ class ViewerCase:
 
 def collect_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = None) -> list[ViewerCase]:
     """The cases of one workspace folder (``datasets/`` or ``runs/`` inside), or of image files and folders."""
-    if len(paths) == 1 and paths[0].is_dir() and ((paths[0] / "datasets").is_dir() or (paths[0] / "runs").is_dir()):
+    from vesalius.workspace import Workspace
+
+    if len(paths) == 1 and paths[0].is_dir() and Workspace.holds_workspace(paths[0]):
         if seg is not None or ref is not None:
             raise VesaliusError("--seg and --ref go with image files, not a workspace", paths[0])
         cases = workspace_cases(paths[0])
