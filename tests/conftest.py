@@ -288,6 +288,17 @@ def unchanged() -> Callable[[Path], Callable[[], None]]:
     return start
 
 
+@pytest.fixture(autouse=True)
+def _no_internal_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Any ``internal error`` of the command-line tool (an exception that is not a user error) fails the test."""
+    import vesalius.cli
+
+    seen: list[Exception] = []
+    monkeypatch.setattr(vesalius.cli, "report_internal_error", seen.append)
+    yield
+    assert not seen, f"internal error: {type(seen[0]).__name__}: {seen[0]}"
+
+
 @pytest.fixture(scope="session")
 def planned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace holding a planned and preprocessed 12-case 3D phantom data set ``ph`` (shared: copy to modify)."""
