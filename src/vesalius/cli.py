@@ -7,6 +7,7 @@ A :class:`~vesalius.errors.VesaliusError` is printed as one line and exits with 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -401,7 +402,10 @@ def measure(
 
     from vesalius.evaluation.measure import measure_segmentation
     from vesalius.io import read_image
+    from vesalius.outputs import check_output
 
+    if output:
+        check_output(output, [seg, image], kind="file", suffixes=(".csv", ".json"))
     result = measure_segmentation(read_image(seg), read_image(image) if image else None, connectivity=connectivity)
     table = Table("label", "name", "component", result.size_column, "centroid (mm)", "mean intensity")
     for row in result.to_rows():
@@ -448,12 +452,14 @@ def overlay(
 ) -> None:
     """Draw a segmentation (and a reference) over an image: three planes through the largest lesion, or a montage."""
     from vesalius.io import read_image
+    from vesalius.outputs import check_output
     from vesalius.reporting.overlay import focus_point, parse_window, render_overlay
 
     try:
         low, high = (float(v) for v in percentiles.split(","))
     except ValueError:
         raise VesaliusError(f"--percentiles '{percentiles}'", remedy="give two numbers, e.g. 1,99") from None
+    check_output(output, [image, seg, reference], kind="file", suffixes=(".png",))
     picture, segmentation = read_image(image), read_image(seg)
     ref = read_image(reference) if reference else None
     point = None
@@ -551,9 +557,12 @@ def parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     value, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
     try:
-        return float(value) * units[unit.lower()]
+        seconds = float(value) * units[unit.lower()]
     except ValueError:
         raise VesaliusError(f"cannot read the duration '{text}'", remedy="write it like 30m, 2h or 900s") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise VesaliusError(f"the duration '{text}' must be positive", remedy="write it like 30m, 2h or 900s")
+    return seconds
 
 
 @app.command()
@@ -564,7 +573,11 @@ def datasets(workspace: WorkspaceOption = None) -> None:
 
     ws = Workspace.resolve(workspace)
     for name in ws.dataset_names():
-        d = Dataset.load(ws.dataset_dir(name))
+        try:
+            d = Dataset.load(ws.dataset_dir(name))
+        except VesaliusError as e:  # one broken data set must not hide the others
+            err.print(f"warning: skipped: {e.one_line()}", markup=False, highlight=False, soft_wrap=True)
+            continue
         out.print(f"{name}\t{d.task}\t{d.spatial_dims}D\t{len(d.cases)} cases\t{d.source.get('layout', '')}")
 
 

@@ -47,10 +47,18 @@ class Workspace:
 
     @classmethod
     def resolve(cls, root: str | Path | Workspace | None) -> Workspace:
-        """A workspace from a folder, an existing workspace, or ``None`` (the default)."""
+        """A workspace from a folder, an existing workspace, or ``None`` (the default); a path that is an existing
+        file is refused."""
         if isinstance(root, Workspace):
             return root
-        return cls.default() if root is None else cls(Path(root).absolute())
+        ws = cls.default() if root is None else cls(Path(root).absolute())
+        if ws.root.exists() and not ws.root.is_dir():
+            raise VesaliusError(
+                "the workspace must be a folder, but this is a file",
+                ws.root,
+                "give --workspace (or $VESALIUS_HOME) a folder",
+            )
+        return ws
 
     @classmethod
     def of_run(cls, run_dir: Path) -> Workspace | None:

@@ -15,7 +15,7 @@ import vesalius
 STEPS: list[tuple[str, ...]] = [
     ("errors",),
     ("io",),
-    ("workspace", "precision", "metrics"),
+    ("workspace", "precision", "metrics", "outputs"),
     ("data",),
     ("planning",),
     ("model_package",),

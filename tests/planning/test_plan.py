@@ -56,7 +56,7 @@ def test_a_wrong_key_or_value_is_named(edit, key: str, problem: str, tmp_path: P
     edit(data)
     with pytest.raises(SchemaError) as caught:
         Plan.from_json(data)
-    assert caught.value.key == key and problem in caught.value.problem
+    assert caught.value.key == key and problem in caught.value.detail
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(data))
     with pytest.raises(VesaliusError) as error:

@@ -115,6 +115,14 @@ def test_a_small_budget_shrinks_the_patch_but_keeps_proportions(rules: dict) -> 
     assert iterations >= rules["devices"]["cpu"]["min_iterations"] * 0.9
 
 
+def test_tiny_images_are_not_planned_millions_of_iterations(rules: dict) -> None:
+    patch, batch, iterations = patch_and_batch((1, 1), 10, "cpu", 1800, 8, 16, rules)
+    assert patch == (8, 8)  # the smallest patch the network can halve
+    uncapped = 1800 * rules["devices"]["cpu"]["voxels_per_second"] / (64 * batch)
+    assert uncapped > 10 * rules["devices"]["cpu"]["max_iterations"]
+    assert iterations == rules["devices"]["cpu"]["max_iterations"]
+
+
 def test_a_costlier_network_gets_fewer_iterations_and_a_batch_that_keeps_the_minimum(rules: dict) -> None:
     _, batch, iterations = patch_and_batch((40, 56, 40), 208, "cpu", 1800, 8, 16, rules)
     _, batch_full, iterations_full = patch_and_batch((40, 56, 40), 208, "cpu", 1800, 8, 16, rules, 3.0)

@@ -26,6 +26,7 @@ from vesalius.data.targets import encode_targets
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import write_json_atomic
 from vesalius.metrics.classification import classification_metrics
+from vesalius.outputs import check_output
 from vesalius.workspace import Workspace
 
 __all__ = ["evaluate_predictions_csv", "read_predictions_csv", "score_classification"]
@@ -131,6 +132,6 @@ def evaluate_predictions_csv(
         targets, probabilities, dataset.target_type or "binary", names, bootstrap=bootstrap, seed=seed
     )
     summary["cases"] = len(case_ids)
-    folder = Path(output_dir) if output_dir else Path(predictions).parent
+    folder = check_output(output_dir, [], kind="folder") if output_dir else Path(predictions).parent
     write_json_atomic(folder / "summary.json", summary)
     return summary

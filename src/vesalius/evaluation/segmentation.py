@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from vesalius.io import IMAGE_SUFFIXES, Image, image_suffix, read_image, strip_s
 from vesalius.io.atomic import write_bytes_atomic, write_json_atomic
 from vesalius.metrics.segmentation import METRICS, SegmentationScores, segmentation_metrics, volume_unit
 from vesalius.model_package import ModelPackage, is_model_package
+from vesalius.outputs import check_output
 from vesalius.workspace import Workspace
 
 __all__ = ["evaluate_folder", "label_names"]
@@ -89,8 +91,11 @@ def evaluate_folder(
     """
     if labels is not None and len(set(labels.values())) != len(labels):
         raise ValueError(f"label names must be unique, got {labels}")
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise VesaliusError(f"the tolerance must be 0 mm or more, not {tolerance_mm}", remedy="e.g. --tolerance-mm 1")
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    output_dir = pred_dir if output_dir is None else Path(output_dir)
+    # the tables go next to the predictions by default (where the viewer finds them), never among the references
+    output_dir = pred_dir if output_dir is None else check_output(output_dir, [ref_dir], kind="folder")
     references, predictions = _case_files(ref_dir), _case_files(pred_dir)
     if not references:
         raise VesaliusError(
@@ -159,13 +164,21 @@ def _case_files(folder: Path) -> dict[str, Path]:
 
 
 def _read_label_map(path: Path) -> Image:
-    """Read a single-channel label map."""
+    """Read a single-channel label map of whole numbers (a float map of probabilities or with NaN is refused, not
+    scored as Dice 0)."""
     image = read_image(path)
     if image.num_channels != 1:
         raise VesaliusError(
             f"a label map needs one channel, this image has {image.num_channels}",
             path,
             "save the labels as one channel",
+        )
+    array = image.array
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and np.array_equal(array, np.round(array))):
+        raise VesaliusError(
+            "a label map must hold whole label values; this one holds NaN or fractions",
+            path,
+            "give the label map (argmax of the probabilities), not probabilities",
         )
     return image
 

@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from vesalius.errors import VesaliusError
-from vesalius.inference.inputs import InputCase, list_inputs, read_case
+from vesalius.inference.inputs import InputCase, check_finite, list_inputs, read_case
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.io import write_image
 from vesalius.io.atomic import write_bytes_atomic
-from vesalius.model_package import TrainedClassification
+from vesalius.model_package import TrainedClassification, find_packages
 from vesalius.models.classifiers import gradcam_layer, to_probabilities
+from vesalius.outputs import check_output
 from vesalius.precision import autocast_dtype
 from vesalius.preprocessing.classification import prepare_image
 
@@ -115,16 +116,22 @@ def classify_files(
     """Classify every image in ``source`` with the classifier (or fold ensemble) ``model``; returns the predictions
     CSV (see the module docstring). ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``; by default the training
     precision."""
-    models = load_ensemble(model, checkpoint, device)
-    trained = _trained(models[0])
+    first = find_packages(model)[0]
+    trained = first.trained
+    if not isinstance(trained, TrainedClassification):
+        raise VesaliusError("a segmentation model, not a classifier", first.root, "use 'vesalius predict'")
     cases = list_inputs(source, len(trained.channels))
     output = Path(output)
-    csv_path = output if output.suffix.lower() == ".csv" else output / "predictions.csv"
+    as_file = output.suffix.lower() == ".csv"
+    check_output(output, [source, model], kind="file" if as_file else "folder", suffixes=(".csv",) if as_file else ())
+    csv_path = output if as_file else output / "predictions.csv"
+    models = load_ensemble(model, checkpoint, device)
     names = trained.class_names
     rows = []
     cams = [(m, gradcam_for(m)) for m in models] if explain else []
     for case in cases:
         image = read_case(case)
+        check_finite(image, case)
         if image.num_channels != len(trained.channels) or image.ndim != trained.spatial_dims:
             raise VesaliusError(
                 f"a {image.ndim}D image with {image.num_channels} channel(s) for a {trained.spatial_dims}D model "

@@ -15,7 +15,7 @@ import numpy as np
 from vesalius.errors import VesaliusError
 from vesalius.io import IMAGE_SUFFIXES, Image, image_suffix, read_image, strip_suffix
 
-__all__ = ["InputCase", "list_inputs", "output_path", "read_case"]
+__all__ = ["InputCase", "check_finite", "list_inputs", "output_path", "read_case"]
 
 
 @dataclass
@@ -99,3 +99,13 @@ def output_path(output: Path, case: InputCase, single: bool) -> Path:
     if single and image_suffix(output):
         return output
     return output / f"{case.case_id}{case.suffix}"
+
+
+def check_finite(image: Image, case: InputCase) -> None:
+    """Refuse an image with NaN or infinite voxels: a network given them predicts background without a word."""
+    if image.array.dtype.kind == "f" and not np.isfinite(image.array).all():
+        raise VesaliusError(
+            "the image holds NaN or infinite voxels",
+            case.files[0],
+            "replace them (e.g. with the background value) and predict again",
+        )

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from vesalius.errors import VesaliusError
-from vesalius.inference.inputs import InputCase, list_inputs, output_path, read_case
+from vesalius.inference.inputs import InputCase, check_finite, list_inputs, output_path, read_case
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.inference.sliding_window import predict_probabilities
-from vesalius.io import Image, write_image
-from vesalius.model_package import TrainedSegmentation
+from vesalius.io import Image, image_suffix, write_image
+from vesalius.model_package import TrainedSegmentation, find_packages
+from vesalius.outputs import check_output
 from vesalius.precision import autocast_dtype
 from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
 
@@ -146,14 +147,15 @@ def segment_files(
     ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (CUDA), by default the training precision. ``output``
     is a file path when ``source`` is one case and ``output`` has an image suffix, otherwise a folder (created).
     """
-    models = load_ensemble(model, checkpoint, device)
-    trained = models[0].trained
+    first = find_packages(model)[0]
+    trained = first.trained
     if not isinstance(trained, TrainedSegmentation):
-        raise VesaliusError("a classifier, not a segmentation model", models[0].package.root, "use 'vesalius predict'")
+        raise VesaliusError("a classifier, not a segmentation model", first.root, "use 'vesalius predict'")
     channels = len(trained.channels)
     cases = list_inputs(source, channels)
-    output = Path(output)
     single = len(cases) == 1
+    output = check_output(output, [source, model], kind="file" if single and image_suffix(Path(output)) else "folder")
+    models = load_ensemble(model, checkpoint, device)
     postprocessing = (_postprocessing(models) if postprocess else None) or {}
     if fill_holes:
         postprocessing["fill_holes"] = trained.foreground_labels
@@ -161,6 +163,7 @@ def segment_files(
     for case in cases:
         start = time.perf_counter()
         image = read_case(case)
+        check_finite(image, case)
         if image.num_channels != channels:
             raise VesaliusError(
                 f"the image has {image.num_channels} channels, the model needs {channels}",

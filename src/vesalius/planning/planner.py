@@ -47,6 +47,11 @@ def make_plan(
     """The plan for ``dataset`` on ``device`` within ``time_budget_s`` seconds."""
     rules = rules or load_rules()
     dev_key = "cuda" if device.startswith("cuda") else "cpu"
+    for name, value in (("time budget", time_budget_s), ("memory", memory_gb)):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise VesaliusError(
+                f"the {name} must be positive, not {value}", remedy="e.g. --time-budget 30m --memory-gb 8"
+            )
     budget = float(time_budget_s or rules["default_time_budget_s"][dev_key])
     memory = float(memory_gb or rules["devices"][dev_key]["memory_gb"])
     spacings = np.asarray(fingerprint.spacings, dtype=float)

@@ -170,7 +170,8 @@ def patch_and_batch(
     The cost model is ``devices[device].voxels_per_second`` (patch voxels x batch processed per second in a
     forward+backward pass, measured on a 2-core CPU and an H100 for the default widths) scaled by
     16 / ``base_features`` and divided by ``relative_cost`` (the network's time per iteration relative to the
-    default layout, e.g. ``full_resolution_stage_cost``).
+    default layout, e.g. ``full_resolution_stage_cost``). The iterations are capped at ``max_iterations`` (nnU-Net's
+    1000 epochs of 250 on a GPU): tiny images would otherwise be planned millions of iterations.
     """
     dev = rules["devices"]["cuda" if device.startswith("cuda") else "cpu"]
     throughput = dev["voxels_per_second"] * 16.0 / base_features / relative_cost
@@ -189,7 +190,7 @@ def patch_and_batch(
     max_batch = max(min_batch, int(num_cases * rules["max_batch_dataset_fraction"]))
     max_batch = min(max_batch, max(min_batch, int(memory_voxels // voxels)))
     batch = int(np.clip(voxel_budget // voxels, min_batch, max_batch))
-    iterations = int(time_budget_s * throughput / (voxels * batch))
+    iterations = min(int(time_budget_s * throughput / (voxels * batch)), int(dev["max_iterations"]))
     return patch_size, batch, iterations
 
 

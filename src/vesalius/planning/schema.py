@@ -25,13 +25,14 @@ __all__ = ["SchemaError", "from_json", "to_json"]
 T = TypeVar("T")
 
 
-class SchemaError(ValueError):
-    """A value that does not fit its field: ``key`` is the dotted path, ``problem`` what is wrong."""
+class SchemaError(VesaliusError):
+    """A value that does not fit its field: ``key`` is the dotted path, ``detail`` what is wrong (the message
+    reads ``key: detail``; :func:`load_document` adds the file)."""
 
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key}: {detail}" if key else detail)
         self.key = key
-        self.problem = problem
+        self.detail = detail
 
 
 def from_json(cls: type[T], data: Any, key: str = "") -> T:
@@ -74,7 +75,7 @@ def load_document(cls: type[T], path: Path, remedy: str) -> T:
     try:
         return from_json(cls, data)
     except SchemaError as e:
-        raise VesaliusError(f"{e.key or 'the document'}: {e.problem}", path, "correct the value or " + remedy) from None
+        raise VesaliusError(f"{e.key or 'the document'}: {e.detail}", path, "correct the value or " + remedy) from None
 
 
 def _describe(value: Any) -> str:
@@ -101,7 +102,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             try:
                 return _convert(option, value, key)
             except SchemaError as e:
-                problems.append(e.problem)
+                problems.append(e.detail)
         raise SchemaError(key, problems[0] if len(problems) == 1 else f"no allowed type fits {_describe(value)}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -167,7 +168,7 @@ def _dataclass(cls: type, value: Any, key: str) -> Any:
     try:
         return cls(**kwargs)
     except SchemaError as e:
-        raise SchemaError(_join(key, e.key), e.problem) from None
+        raise SchemaError(_join(key, e.key), e.detail) from None
     except VesaliusError as e:
         raise SchemaError(key or cls.__name__, e.problem) from None
     except ValueError as e:

@@ -41,6 +41,7 @@ from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix
 from vesalius.io.atomic import write_bytes_atomic
 from vesalius.metrics.classification import roc_curve
 from vesalius.model_package import ModelPackage, TrainedClassification, TrainedSegmentation, is_model_package
+from vesalius.outputs import check_output
 from vesalius.planning.schema import to_json
 
 __all__ = ["SECTIONS", "build_report", "build_report_or_warn"]
@@ -92,7 +93,10 @@ def build_report(
         VesaliusError: ``source`` is neither kind of folder, or its files are unreadable.
     """
     source = Path(source)
-    output = source / "report.html" if output is None else Path(output)
+    if output is None:
+        output = source / "report.html"
+    else:  # a report of its own sources goes next to them, never over one of them
+        output = check_output(output, [source / "log.csv", images], kind="file", suffixes=(".html", ".htm"))
     if is_model_package(source):
         package = ModelPackage(source)
         if package.task == "classification":
