@@ -1,10 +1,10 @@
-"""Learning-rate schedules (poly, cosine, step) and training progress."""
+"""Learning-rate schedules (poly, cosine, step) as functions of the fraction of the run done."""
 
 from __future__ import annotations
 
 import pytest
 
-from vesalius.training.schedule import learning_rate, progress
+from vesalius.training.schedule import learning_rate
 
 
 def test_learning_rate_schedules_by_hand():
@@ -13,13 +13,6 @@ def test_learning_rate_schedules_by_hand():
     assert learning_rate(0.01, 1.0) == 0.0
     assert learning_rate(2e-3, 0.5, "cosine") == pytest.approx(1e-3)
     assert learning_rate(2e-3, 1.0, "cosine") == pytest.approx(0.0, abs=1e-12)
-
-
-def test_progress_follows_the_further_of_iterations_and_time():
-    assert progress(10, 100, 0.0, None) == 0.1
-    assert progress(10, 100, 50.0, 100.0) == 0.5  # time is further along
-    assert progress(90, 100, 50.0, 100.0) == 0.9
-    assert progress(10, 100, 500.0, 100.0) == 1.0
 
 
 def test_step_schedule():

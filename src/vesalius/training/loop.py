@@ -7,18 +7,22 @@ figures and which epoch is best. Everything else lives here, once:
   (about 2.5x faster than fp32 on 2 Zen 4 cores, ``benchmarks/network_speed.py``), bf16 on CUDA where supported,
   else fp16 with gradient scaling (:mod:`vesalius.precision`); the loss is computed in fp32;
 * **optimiser**: SGD with Nesterov momentum (the head's momentum) or AdamW; gradients clipped at the head's norm;
-  the learning rate follows the larger of iteration progress and time-budget progress
-  (:mod:`vesalius.training.schedule`);
+  the learning rate follows the fraction of the run's iterations done (:mod:`vesalius.training.schedule`);
+* **time budget**: turned into an iteration count once, after the first epoch (its pace, validation included),
+  and saved; from then on the schedule and the end depend on the iteration alone (a machine that turns much slower
+  still stops at :data:`HARD_STOP` times the budget). A budget spent within the first epoch ends the run there;
 * **non-finite losses** stop the run with their likely cause (bad input values, learning rate, precision);
 * **after each epoch**: the head's validation row, the log (``log.csv``, TensorBoard, ``progress.png``),
   ``checkpoint_latest.pt`` (everything a resumed run needs) and ``checkpoint_best.pt`` when the head says the epoch
-  is the best so far; at the end ``checkpoint_final.pt`` (the last or the best weights, as the head says);
+  is the best so far; within an epoch, ``checkpoint_latest.pt`` every ``checkpoint_interval_s`` too, so a kill
+  loses minutes, not an epoch; at the end ``checkpoint_final.pt`` (the last or the best weights, as the head says);
 * **stopping**: after the epochs (or iterations), when the time budget is spent (also mid-epoch), or when the
   head says so (early stopping).
 
 Determinism: the initial weights depend on the seed, a step's batch and augmentation on ``(seed, iteration)``
-(:func:`step_seed`); a run resumed from ``checkpoint_latest.pt`` continues exactly as the uninterrupted run
-would have, except where the learning rate follows a wall-clock budget.
+(:func:`step_seed`); a run resumed from ``checkpoint_latest.pt`` (written at an epoch's end or within it)
+continues exactly as the uninterrupted run would have, budgeted runs included once their iteration count is fixed
+(a kill within a budgeted run's first epoch resumes with a new measurement of its pace).
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ from vesalius.errors import VesaliusError
 from vesalius.model_package import ModelPackage
 from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
 from vesalius.training.logs import TrainingLog
-from vesalius.training.schedule import learning_rate, progress
+from vesalius.training.schedule import learning_rate
 from vesalius.training.settings import Settings
 
 __all__ = ["EpochCallback", "ProgressBar", "TaskHead", "TrainingLoop", "TrainingResult", "step_seed"]
 
 EpochCallback = Callable[[dict[str, float]], None]
+#: Once a budgeted run's iterations are fixed, it still stops at this multiple of its budget (a machine that became
+#: much slower); the only time a resumed run can end differently from an uninterrupted one.
+HARD_STOP = 1.25
 
 
 def step_seed(seed: int, iteration: int) -> int:
@@ -170,6 +177,10 @@ class TrainingLoop:
         self.elapsed_s = 0.0
         self.rows: list[dict[str, float]] = []
         self.best_epoch: int | None = None
+        self.total: int | None = None  # iterations of a budgeted run, fixed after its first epoch
+        self.epoch_first: int | None = None  # first iteration of an epoch in progress
+        self.epoch_losses: list[float] = []
+        self.lr = float(settings.lr or 0.0)
         if state is not None:
             self.load_state(state)
 
@@ -184,12 +195,17 @@ class TrainingLoop:
             "elapsed_s": self.elapsed_s,
             "rows": self.rows,
             "best_epoch": -1 if self.best_epoch is None else self.best_epoch,
+            "total": -1 if self.total is None else self.total,
+            "epoch_first": -1 if self.epoch_first is None else self.epoch_first,
+            "epoch_losses": list(self.epoch_losses),
+            "lr": self.lr,
+            "torch_rng": torch.get_rng_state(),
             "head": self.head.state(),
             "training": self.settings.to_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if "head" not in state:
+        if "epoch_first" not in state:
             raise VesaliusError(
                 "the checkpoint was written by an older Vesalius",
                 self.package.checkpoint_path("latest"),
@@ -203,6 +219,11 @@ class TrainingLoop:
         self.elapsed_s = float(state["elapsed_s"])
         self.rows = list(state["rows"])
         self.best_epoch = None if int(state["best_epoch"]) < 0 else int(state["best_epoch"])
+        self.total = None if int(state["total"]) < 0 else int(state["total"])
+        self.epoch_first = None if int(state["epoch_first"]) < 0 else int(state["epoch_first"])
+        self.epoch_losses = [float(v) for v in state["epoch_losses"]]
+        self.lr = float(state["lr"])
+        torch.set_rng_state(state["torch_rng"])
         self.head.load_state(state["head"])
 
     # -- one step ------------------------------------------------------------------------------------------------
@@ -283,56 +304,71 @@ class TrainingLoop:
     def _epochs(self, log: TrainingLog, show_progress: bool, callbacks: Sequence[EpochCallback]) -> str:
         settings, head = self.settings, self.head
         epochs, per_epoch, budget = int(settings.epochs or 1), head.iterations_per_epoch, settings.time_budget_s
-        total = epochs * per_epoch
-        bar = ProgressBar(total, budget, show_progress, head.progress_metric, head.progress_label)
+        planned = epochs * per_epoch
+        bar = ProgressBar(planned, budget, show_progress, head.progress_metric, head.progress_label)
         bar.update(self.iteration, self.elapsed_s, self.rows[-1] if self.rows else {})
         with bar:
             while True:
+                total = self.total or planned
                 if self.epoch >= epochs or self.iteration >= total:
-                    return "epochs"
-                if budget and self.elapsed_s >= budget:
+                    return "time budget" if total < planned else "epochs"
+                if budget and self.elapsed_s >= budget * (HARD_STOP if self.total else 1.0):
                     return "time budget"
-                reason = head.stop_reason()
-                if reason:
-                    return reason
+                if self.epoch_first is None:  # a new epoch (else one a checkpoint interrupted)
+                    reason = head.stop_reason()
+                    if reason:
+                        return reason
+                    self.epoch_first, self.epoch_losses = self.iteration, []
                 head.start_epoch(self.epoch)
-                start, elapsed0 = time.perf_counter(), self.elapsed_s
-                first, end = self.iteration, min(self.iteration + per_epoch, total)
-                losses: list[float] = []
-                lr = float(settings.lr or 0.0)
-                while self.iteration < end:
-                    elapsed = elapsed0 + time.perf_counter() - start
-                    if budget and elapsed >= budget:
-                        break
-                    lr = learning_rate(
-                        float(settings.lr or 0.0),
-                        progress(self.iteration, total, elapsed, budget),
-                        str(settings.schedule),
-                    )
-                    losses.append(self.train_step(self.iteration - first, lr))
-                    self.iteration += 1
-                    self.elapsed_s = elapsed0 + time.perf_counter() - start
-                    bar.update(self.iteration, self.elapsed_s, {"train_loss": losses[-1]})
+                self._steps(min(self.epoch_first + per_epoch, total), total, bar)
                 row: dict[str, float] = {
                     "epoch": self.epoch,
                     "iteration": self.iteration,
                     "elapsed_s": 0.0,
-                    "lr": lr,
-                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                    "lr": self.lr,
+                    "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
                 }
+                start = time.perf_counter()
                 row.update(self.validate())
-                self.elapsed_s = elapsed0 + time.perf_counter() - start
+                self.elapsed_s += time.perf_counter() - start
                 row["elapsed_s"] = round(self.elapsed_s, 3)
+                if budget and self.total is None:
+                    # the budget becomes an iteration count once, from the first epoch's pace (validation
+                    # included), so that the schedule, and a resumed run, depend on the iteration alone
+                    pace = self.iteration / max(self.elapsed_s, 1e-9)
+                    self.total = int(min(planned, max(self.iteration, budget * pace)))
                 if head.judge(row):
                     self.best_epoch = self.epoch
                     self.package.save_checkpoint("best", {"model": self.model.state_dict()})
                 self.epoch += 1
+                self.epoch_first = None
                 self.rows.append(row)
                 log.add(row)
-                self.package.save_checkpoint("latest", self.state())
+                self._save_latest()
                 bar.update(self.iteration, self.elapsed_s, row)
                 for callback in callbacks:
                     callback(row)
+
+    def _steps(self, end: int, total: int, bar: ProgressBar) -> None:
+        """Train up to iteration ``end`` of the current epoch; a checkpoint every ``checkpoint_interval_s``."""
+        settings, budget = self.settings, self.settings.time_budget_s
+        start, elapsed0 = time.perf_counter(), self.elapsed_s
+        saved = start
+        while self.iteration < end:
+            if budget and elapsed0 + time.perf_counter() - start >= budget * (HARD_STOP if self.total else 1.0):
+                break
+            self.lr = learning_rate(float(settings.lr or 0.0), self.iteration / total, str(settings.schedule))
+            assert self.epoch_first is not None
+            self.epoch_losses.append(self.train_step(self.iteration - self.epoch_first, self.lr))
+            self.iteration += 1
+            self.elapsed_s = elapsed0 + time.perf_counter() - start
+            bar.update(self.iteration, self.elapsed_s, {"train_loss": self.epoch_losses[-1]})
+            if self.iteration < end and time.perf_counter() - saved >= settings.checkpoint_interval_s:
+                self._save_latest()  # mid-epoch: a kill loses minutes, not an epoch
+                saved = time.perf_counter()
+
+    def _save_latest(self) -> None:
+        self.package.save_checkpoint("latest", self.state())
 
 
 class ProgressBar:

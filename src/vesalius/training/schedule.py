@@ -1,24 +1,11 @@
-"""Learning-rate schedules as functions of training progress in [0, 1].
-
-Progress is the larger of the fraction of iterations done and the fraction of the time budget spent
-(:func:`progress`), so a run given a wall budget anneals its learning rate to the end of the budget whatever
-its speed turns out to be (a schedule fixed in iterations from an early speed estimate misses the budget by
-10-15 % either way on a shared machine).
-"""
+"""Learning-rate schedules as functions of training progress in [0, 1] (the fraction of the run's iterations done;
+a time budget is turned into iterations by :class:`vesalius.training.loop.TrainingLoop`)."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["learning_rate", "progress"]
-
-
-def progress(iteration: int, total_iterations: int, elapsed_s: float, time_budget_s: float | None) -> float:
-    """Fraction of the run done, in [0, 1]."""
-    done = iteration / max(1, total_iterations)
-    if time_budget_s:
-        done = max(done, elapsed_s / time_budget_s)
-    return min(1.0, max(0.0, done))
+__all__ = ["learning_rate"]
 
 
 #: Fractions of the run after which the ``"step"`` schedule divides the learning rate by 10 (MedMNIST's recipe).

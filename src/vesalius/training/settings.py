@@ -85,8 +85,9 @@ class SegmentationSettings(_SettingsIO):
         dataset: data set name; ``config``: plan configuration (``"3d"`` or ``"2d"``).
         fold: cross-validation fold (0-4) or ``"all"`` (train on every case, no validation).
         epochs, iterations_per_epoch: the schedule; training stops after ``epochs * iterations_per_epoch``
-            iterations or when ``time_budget_s`` is spent, whichever comes first. The learning rate follows
-            whichever of the two is further along, so a time-budgeted run ends its schedule on time.
+            iterations or when ``time_budget_s`` is spent, whichever comes first. A budget becomes an iteration
+            count after the first epoch (from its pace), so the learning rate and a resumed run depend on the
+            iteration alone.
         time_budget_s: wall seconds for the training loop (validation included), or ``None``.
         batch_size, patch_size: default: the plan's.
         optimizer: ``"sgd"`` (Nesterov, momentum 0.99) or ``"adamw"``; ``lr`` and ``weight_decay`` default per
@@ -99,6 +100,7 @@ class SegmentationSettings(_SettingsIO):
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``threads``: CPU threads for torch (default: all cores).
         augmentation: overrides of :class:`vesalius.augmentation.AugmentationConfig`; ``mirror_axes`` defaults
             to the plan's.
+        checkpoint_interval_s: within an epoch, ``checkpoint_latest.pt`` is also written after this many seconds.
     """
 
     dataset: str
@@ -119,9 +121,10 @@ class SegmentationSettings(_SettingsIO):
     device: str = "cpu"
     threads: int | None = None
     augmentation: dict[str, Any] | None = None
+    checkpoint_interval_s: float = 300.0
 
     #: Settings a resumed run may change; everything else must match the saved ``training.json``.
-    RESUMABLE = ("epochs", "time_budget_s", "lr", "precision", "device", "threads")
+    RESUMABLE = ("epochs", "time_budget_s", "lr", "precision", "device", "threads", "checkpoint_interval_s")
 
     def __post_init__(self) -> None:
         _check_common(self, ("all",))
@@ -130,6 +133,8 @@ class SegmentationSettings(_SettingsIO):
             raise VesaliusError("iterations per epoch must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
             raise VesaliusError("the batch size must be at least 1")
+        if not self.checkpoint_interval_s >= 0:
+            raise VesaliusError("the checkpoint interval must be 0 s or more")
 
     def resolve(self, plan: Plan) -> SegmentationSettings:
         """A copy with every default taken from the plan (its configuration's ``iterations``, ``batch_size``, ...).
@@ -191,6 +196,7 @@ class ClassificationSettings(_SettingsIO):
         seed: the run's seed (initial weights, batch order, augmentation).
         device, threads: where to train; CPU threads (default: all cores).
         augmentation: overrides of the plan's :class:`vesalius.augmentation.AugmentationConfig` settings.
+        checkpoint_interval_s: within an epoch, ``checkpoint_latest.pt`` is also written after this many seconds.
     """
 
     dataset: str
@@ -212,8 +218,9 @@ class ClassificationSettings(_SettingsIO):
     device: str = "cpu"
     threads: int | None = None
     augmentation: dict[str, Any] | None = None
+    checkpoint_interval_s: float = 300.0
 
-    RESUMABLE = ("epochs", "time_budget_s", "precision", "device", "threads")
+    RESUMABLE = ("epochs", "time_budget_s", "precision", "device", "threads", "checkpoint_interval_s")
 
     def __post_init__(self) -> None:
         _check_common(self, ("auto", "official", "all"))
@@ -224,6 +231,8 @@ class ClassificationSettings(_SettingsIO):
         )
         if self.batch_size is not None and self.batch_size < 1:
             raise VesaliusError("the batch size must be at least 1")
+        if not self.checkpoint_interval_s >= 0:
+            raise VesaliusError("the checkpoint interval must be 0 s or more")
 
     def resolve(self, plan: ClassificationPlan, fold: int | str) -> ClassificationSettings:
         """A copy with the fold resolved and every ``None`` setting taken from the plan."""
