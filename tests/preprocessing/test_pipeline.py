@@ -110,3 +110,40 @@ def test_cached_cases_are_made_again_when_the_plan_spacing_changes(tmp_path: Pat
     assert second["original_shape"] == first["original_shape"]
     assert np.load(folder / f"{case}.npy").shape[1:] == tuple(second["shape"])
     assert all(b <= (a + 1) // 2 + 1 for a, b in zip(first["shape"], second["shape"], strict=True))
+
+
+@pytest.mark.slow
+def test_a_killed_preprocessing_leaves_no_half_state_and_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = write_segmentation_dataset(tmp_path / "phantom", num_cases=8, seed=2)
+    for name in ("killed", "straight"):
+        import_dataset(source, "phantom", workspace=tmp_path / name)
+        plan_dataset("phantom", tmp_path / name, workers=1)
+    reference = preprocess_dataset("phantom", "3d", tmp_path / "straight", workers=1)
+    folder = tmp_path / "killed" / "preprocessed" / "phantom" / "3d"
+    code = (
+        "from vesalius.preprocessing.pipeline import preprocess_dataset\n"
+        f"preprocess_dataset('phantom', '3d', {str(tmp_path / 'killed')!r}, workers=1)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ})
+    deadline = time.monotonic() + 120
+    while child.poll() is None and len(list(folder.glob("*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # plan.json and the first case are written
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = {p.stem for p in folder.glob("phantom_*.json")}
+    assert 0 < len(done) < 8, "the kill came too early or too late"
+    for case_id in done:  # a case whose .json exists is complete
+        assert (folder / f"{case_id}.npy").is_file() and (folder / f"{case_id}_seg.npy").is_file()
+    (folder / ".tmp-half.npy").write_bytes(b"half a case")  # what a kill during a write leaves behind
+    preprocess_dataset("phantom", "3d", tmp_path / "killed", workers=1)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp")]
+    for path in sorted(reference.glob("*.npy")):
+        assert np.array_equal(np.load(path), np.load(folder / path.name)), path.name
+    for path in sorted(reference.glob("phantom_*.json")):
+        assert json.loads(path.read_text()) == json.loads((folder / path.name).read_text()), path.name

@@ -124,7 +124,8 @@ def preprocess_dataset(
 ) -> Path:
     """Preprocess every case of ``name`` for plan configuration ``config``; returns the output folder.
 
-    Resumable: cases already done (their ``.json`` exists) are skipped. The folder's ``plan.json`` records the
+    Resumable: cases already done (their ``.json`` exists) are skipped, and temporary files of writes a killed run
+    left unfinished are removed. The folder's ``plan.json`` records the
     plan the cases were made with; when the plan's spacing, normalisation or channels changed since, the cached
     cases are made again.
     """
@@ -136,6 +137,8 @@ def preprocess_dataset(
     plan.configuration(config)  # a clear error for a configuration the plan does not have
     folder = ws.preprocessed_dir(name, config)
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".tmp-*"):  # a write that a killed run did not finish
+        leftover.unlink()
     _drop_stale_cases(folder, plan, config)
     plan.save(folder / "plan.json")
     # A case is done when its .json exists: it is written last.
