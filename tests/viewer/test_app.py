@@ -125,7 +125,7 @@ def test_page_says_how_to_install_niivue_when_it_is_missing(
     status = client.get("/api/status").json()
     assert status["niivue"] is False and "npm ci --prefix" in status["install"]
     response = client.get("/niivue.js")
-    assert response.status_code == 404 and "npm ci" in response.json()["detail"]
+    assert response.status_code == 404 and "npm ci" in response.json()["error"]
 
 
 def test_view_command_refuses_a_taken_port() -> None:

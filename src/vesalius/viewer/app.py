@@ -6,20 +6,28 @@ Routes:
 - ``/niivue.js``: NiiVue's browser bundle from ``node_modules`` next to this file (installed by ``make setup``
   from ``package-lock.json``; never copied into the repository);
 - ``/api/status``: whether NiiVue is installed (and the one line that installs it), the label palette;
-- ``/api/cases``: the case list with per-case metrics;
+- ``/api/cases``: the case list with per-case metrics, and ``broken`` (why a case cannot be shown, or ``null``);
 - ``/api/cases/{index}/{image|prediction|reference}.nii.gz``: a volume as gzipped NIfTI. NIfTI files are sent as
-  they are; other formats are converted once into the app's own temporary folder (pictures with three channels
-  become grey), never next to the data.
+  they are, once checked (a corrupt or truncated file is refused, not handed to the browser to fail there); other
+  formats are converted once into the app's own temporary folder (pictures with three channels become grey),
+  never next to the data.
 
-Cases are addressed by their index in the list, so no path from a request ever reaches the file system.
+Cases are addressed by their index in the list, so no path from a request ever reaches the file system. Error
+responses are ``{"error": "<one short line>"}``: they never carry file paths or library messages (the page may be
+reached by other programs on the machine); the details go to the server's log (``logging``, ``vesalius.viewer``).
+:func:`serve` answers only requests whose ``Host`` header names the address it listens on (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import shutil
 import socket
+import struct
 import tempfile
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,11 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from vesalius.errors import VesaliusError
 from vesalius.io import image_suffix
 from vesalius.reporting.overlay import PALETTE
 from vesalius.viewer.cases import ViewerCase
 
-__all__ = ["NIIVUE_BUNDLE", "create_app", "install_hint", "serve"]
+__all__ = ["NIIVUE_BUNDLE", "create_app", "install_hint", "protect", "serve", "trusted_hosts"]
+
+log = logging.getLogger("vesalius.viewer")
 
 VIEWER_DIR = Path(__file__).parent
 STATIC_DIR = VIEWER_DIR / "static"
@@ -39,6 +50,8 @@ NIIVUE_BUNDLE = VIEWER_DIR / "node_modules" / "@niivue" / "niivue" / "dist" / "n
 """NiiVue's UMD bundle, installed by ``npm ci`` in this folder."""
 
 KINDS = ("image", "prediction", "reference")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+"""``Host`` values of this machine's loopback interface, as a browser sends them (IPv6 in brackets)."""
 
 
 def install_hint() -> str:
@@ -46,21 +59,64 @@ def install_hint() -> str:
     return f"npm ci --prefix {VIEWER_DIR} (or 'make setup')"
 
 
+class _Unreadable(Exception):
+    """A volume that cannot be shown; ``reason`` is for the page (no path), ``detail`` for the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class _Volumes:
-    """NIfTI files for the browser: the original when it is NIfTI, else a conversion in a private folder."""
+    """NIfTI files for the browser: the original when it is NIfTI (checked once), else a conversion in a private
+    folder. Remembers which volumes failed, so that the case list can mark their cases as broken."""
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="vesalius-viewer-"))
         self.lock = threading.Lock()
+        self.locks: dict[tuple[int, str], threading.Lock] = {}
         self.converted: dict[tuple[int, str], Path] = {}
+        self.problems: dict[tuple[int, str], str | None] = {}
+
+    def problem(self, index: int, kind: str, source: Path) -> str | None:
+        """Why the volume cannot be shown (``"missing"``, ``"unreadable"``) or ``None``, from a cheap look at the
+        file (its header) made once: the case list checks every case, so it must not read whole volumes."""
+        key = (index, kind)
+        if key not in self.problems:
+            try:
+                _quick_check(source)
+                found = None
+            except _Unreadable as e:
+                log.warning("%s of case %d: %s", kind, index, e.detail)
+                found = e.reason
+            with self.lock:
+                self.problems.setdefault(key, found)
+        return self.problems[key]
 
     def nifti(self, index: int, kind: str, source: Path) -> Path:
-        if image_suffix(source) == ".nii.gz":
-            return source
+        """The NIfTI file to send; raises :class:`_Unreadable` (and remembers it) when there is none. One lock per
+        volume: NiiVue asks for a case's volumes at once, and one large file must not hold up the others."""
+        key = (index, kind)
         with self.lock:
-            if (index, kind) not in self.converted:
-                self.converted[(index, kind)] = self._convert(source, self.folder / f"{index}_{kind}.nii.gz")
-            return self.converted[(index, kind)]
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            if self.problems.get(key) is not None:
+                raise _Unreadable(self.problems[key] or "unreadable", f"{source}: failed before")
+            try:
+                if key not in self.converted:
+                    if image_suffix(source) == ".nii.gz":
+                        _full_check(source)
+                        self.converted[key] = source
+                    else:
+                        self.converted[key] = self._convert(source, self.folder / f"{index}_{kind}.nii.gz")
+                return self.converted[key]
+            except _Unreadable as e:
+                self.problems[key] = e.reason
+                raise
+            except Exception as e:  # whatever reading raises (VesaliusError, ITK, OS): the case is unreadable
+                self.problems[key] = "missing" if not source.exists() else "unreadable"
+                raise _Unreadable(self.problems[key], f"{source}: {type(e).__name__}: {e}") from e
 
     @staticmethod
     def _convert(source: Path, target: Path) -> Path:
@@ -75,11 +131,79 @@ class _Volumes:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _nifti_head(head: bytes) -> tuple[int, int] | None:
+    """``(vox_offset, voxel bytes)`` promised by a NIfTI-1 or NIfTI-2 header (either byte order), or ``None``."""
+    for e in "<>":
+        if len(head) >= 348 and struct.unpack(f"{e}i", head[:4])[0] == 348:
+            dims = struct.unpack(f"{e}8h", head[40:56])
+            (bitpix,) = struct.unpack(f"{e}h", head[72:74])
+            offset = max(int(struct.unpack(f"{e}f", head[108:112])[0]), 352)
+        elif len(head) >= 540 and struct.unpack(f"{e}i", head[:4])[0] == 540:
+            dims = struct.unpack(f"{e}8q", head[16:80])
+            (bitpix,) = struct.unpack(f"{e}h", head[14:16])
+            offset = max(struct.unpack(f"{e}q", head[168:176])[0], 544)
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or any(d < 0 for d in dims[1 : dims[0] + 1]) or bitpix <= 0:
+            return None
+        return offset, int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64)) * bitpix // 8
+    return None
+
+
+def _read_start(path: Path, size: int = 540) -> bytes:
+    """The first ``size`` bytes of a file's content (decompressed for ``.gz``)."""
+    with open(path, "rb") as f:
+        if not path.name.lower().endswith(".gz"):
+            return f.read(size)
+        decompressor = zlib.decompressobj(wbits=31)
+        out = b""
+        while len(out) < size and (chunk := f.read(4096)) and not decompressor.eof:
+            out += decompressor.decompress(chunk, size - len(out))
+        return out
+
+
+def _quick_check(source: Path) -> None:
+    """Raise :class:`_Unreadable` for a missing file or a NIfTI file whose header is not NIfTI."""
+    if not source.is_file():
+        raise _Unreadable("missing", f"{source}: no such file")
+    if image_suffix(source) not in (".nii", ".nii.gz"):
+        return
+    try:
+        head = _read_start(source)
+    except (OSError, zlib.error) as e:
+        raise _Unreadable("unreadable", f"{source}: {e}") from None
+    if _nifti_head(head) is None:
+        raise _Unreadable("unreadable", f"{source}: not a NIfTI header")
+
+
+def _full_check(source: Path) -> None:
+    """Raise :class:`_Unreadable` unless a ``.nii.gz`` file is whole: a NIfTI header, an intact gzip stream (CRC
+    and length) and as many voxel bytes as the header promises. Reads the file without keeping it."""
+    _quick_check(source)
+    decompressor = zlib.decompressobj(wbits=31)
+    head, total = b"", 0
+    try:
+        with open(source, "rb") as f:
+            while (chunk := f.read(1 << 20)) and not decompressor.eof:
+                part = decompressor.decompress(chunk)
+                head += part[: max(540 - len(head), 0)]
+                total += len(part)
+    except (OSError, zlib.error) as e:
+        raise _Unreadable("unreadable", f"{source}: {e}") from None
+    if not decompressor.eof:
+        raise _Unreadable("unreadable", f"{source}: truncated gzip stream")
+    promised = _nifti_head(head)
+    if promised is None or total < promised[0] + promised[1]:
+        raise _Unreadable("unreadable", f"{source}: {total} bytes, the NIfTI header promises {promised}")
+
+
 def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
     """The FastAPI app serving ``cases`` (read-only)."""
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     volumes = _Volumes()
 
@@ -91,6 +215,22 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    # Every error is {"error": one short line}: FastAPI's defaults echo the request and validation internals.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        text = exc.detail if isinstance(exc.detail, str) and exc.status_code != 500 else "internal error"
+        return JSONResponse({"error": text}, exc.status_code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        log.info("invalid request %s: %s", request.url.path, exc.errors())
+        return JSONResponse({"error": "invalid request"}, 422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # uvicorn logs the traceback
+        log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse({"error": "internal error"}, 500)
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
@@ -98,7 +238,7 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
     @app.get("/niivue.js", include_in_schema=False)
     def niivue() -> FileResponse:
         if not NIIVUE_BUNDLE.is_file():
-            raise HTTPException(404, f"NiiVue is not installed: {install_hint()}")
+            raise HTTPException(404, "NiiVue is not installed: run 'npm ci' in the viewer folder (or 'make setup')")
         return FileResponse(NIIVUE_BUNDLE, media_type="text/javascript")
 
     @app.get("/api/status")
@@ -113,20 +253,31 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
             }
         )
 
+    def row(i: int, c: ViewerCase) -> dict[str, Any]:
+        """A case for the list: an unusable overlay is left out; ``broken`` says what cannot be shown."""
+        shown, problems = [], []
+        for kind in KINDS:
+            source = _source(c, kind)
+            if source is None:
+                continue
+            problem = volumes.problem(i, kind, source)
+            if problem is None:
+                shown.append(kind)
+            else:
+                problems.append(f"{kind} {problem}")
+        return {
+            "index": i,
+            "id": c.case_id,
+            "group": c.group,
+            "labels": {str(k): v for k, v in c.labels.items()},
+            "metrics": c.metrics,
+            "volumes": shown if "image" in shown else [],
+            "broken": ", ".join(problems) or None,
+        }
+
     @app.get("/api/cases")
     def case_list() -> JSONResponse:
-        rows = [
-            {
-                "index": i,
-                "id": c.case_id,
-                "group": c.group,
-                "labels": {str(k): v for k, v in c.labels.items()},
-                "metrics": c.metrics,
-                "volumes": [k for k in KINDS if _source(c, k) is not None],
-            }
-            for i, c in enumerate(cases)
-        ]
-        return JSONResponse({"cases": rows})
+        return JSONResponse({"cases": [row(i, c) for i, c in enumerate(cases)]})
 
     @app.get("/api/cases/{index}/{kind}.nii.gz")
     def volume(index: int, kind: str) -> FileResponse:
@@ -134,11 +285,12 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
             raise HTTPException(404, "no such case or volume")
         source = _source(cases[index], kind)
         if source is None:
-            raise HTTPException(404, f"case {cases[index].case_id} has no {kind}")
+            raise HTTPException(404, f"case {index} has no {kind}")
         try:
             path = volumes.nifti(index, kind, source)
-        except Exception as e:  # an unreadable file: say which, keep serving the others
-            raise HTTPException(422, f"{source}: {e}") from None
+        except _Unreadable as e:  # say which case, keep serving the others; the file and the cause go to the log
+            log.warning("%s of case %d (%s) cannot be shown: %s", kind, index, cases[index].case_id, e.detail)
+            raise HTTPException(422, f"case {index}: the {kind} could not be read ({e.reason})") from None
         return FileResponse(path, media_type="application/gzip", filename=f"{cases[index].case_id}_{kind}.nii.gz")
 
     return app
@@ -148,20 +300,67 @@ def _source(case: ViewerCase, kind: str) -> Path | None:
     return {"image": case.image, "prediction": case.prediction, "reference": case.reference}[kind]
 
 
+def _bare(host: str) -> str:
+    """``host`` without the brackets of an IPv6 literal (``[::1]`` -> ``::1``)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def trusted_hosts(host: str) -> list[str]:
+    """The ``Host`` header values to answer when listening on ``host``: its own name, and the loopback names when
+    it is a loopback or all-interfaces address (then also this machine's name). Other names are refused, so that
+    a web page cannot reach the viewer through a domain name that its attacker re-points to this machine."""
+    bare = _bare(host).lower()
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        address = None
+    names = [f"[{bare}]" if address is not None and address.version == 6 else bare] if bare else []
+    if bare in ("", "localhost") or (address is not None and (address.is_loopback or address.is_unspecified)):
+        names += LOOPBACK_NAMES
+    if bare == "" or (address is not None and address.is_unspecified):  # all interfaces: this machine's names
+        names += [socket.gethostname().lower(), socket.getfqdn().lower()]
+        try:
+            found = socket.getaddrinfo(socket.gethostname(), None)
+        except OSError:
+            found = []
+        names += [f"[{a[4][0]}]" if a[0] == socket.AF_INET6 else str(a[4][0]) for a in found]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def protect(app: Any, host: str) -> Any:
+    """``app`` behind a ``Host`` check for an app served on ``host`` (see :func:`trusted_hosts`): 400 otherwise."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    return TrustedHostMiddleware(app, allowed_hosts=trusted_hosts(host), www_redirect=False)
+
+
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8765, on_ready: Callable[[str], None] = print) -> None:
-    """Serve ``app`` until interrupted; ``on_ready`` gets the address once the port is bound (``port=0``: any)."""
+    """Serve ``app`` until interrupted; ``on_ready`` gets the address once the port is bound (``port=0``: any).
+
+    The port and address are checked (and the port bound) before anything starts, so that a wrong ``--port`` or a
+    taken one is a one-line error, not a server that fails half-started.
+    """
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise VesaliusError(f"port {port} is out of range", remedy="give a --port from 0 to 65535 (0: any free port)")
+    bare = _bare(host)
+    try:
+        family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+        sock = socket.socket(family)
+    except OSError as e:
+        raise VesaliusError(f"cannot listen on {host} ({e.strerror})", remedy="choose another --host") from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as e:
-        from vesalius.errors import VesaliusError
-
-        raise VesaliusError(f"cannot listen on {host}:{port} ({e.strerror})", remedy="choose another --port") from None
+        sock.bind((bare, port))
+    except (OSError, OverflowError, UnicodeError) as e:
+        sock.close()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise VesaliusError(
+            f"cannot listen on {host}:{port} ({reason})", remedy="choose another --port (or --host)"
+        ) from None
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{bare}]" if ":" in bare else bare
     on_ready(f"http://{shown}:{bound}/")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(protect(app, host), log_level="warning"))
     server.run(sockets=[sock])

@@ -5,16 +5,25 @@ sets the validation predictions and per-case Dice of the first run fold, in name
 or from files (images, with ``--seg`` and ``--ref`` as files or folders matched by case id, i.e. by file name
 without its image suffix). A prediction folder that holds ``metrics.csv`` (from ``vesalius evaluate``) adds each
 case's Dice per class. Nothing here writes anything.
+
+A workspace data set whose description cannot be read (or whose run results are malformed) is skipped with a
+warning naming it, so that one broken data set does not keep the viewer from showing the others. Whether a case's
+files can be read is the app's business (it marks such cases in the list).
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vesalius.errors import VesaliusError
 from vesalius.io import image_suffix, strip_suffix
+
+if TYPE_CHECKING:
+    from vesalius.workspace import Workspace
 
 __all__ = ["ViewerCase", "collect_cases", "file_cases", "workspace_cases"]
 
@@ -48,41 +57,69 @@ def collect_cases(paths: list[Path], seg: Path | None = None, ref: Path | None =
 
     if len(paths) == 1 and paths[0].is_dir() and Workspace.holds_workspace(paths[0]):
         if seg is not None or ref is not None:
-            raise VesaliusError("--seg and --ref go with image files, not a workspace", paths[0])
+            raise VesaliusError(
+                "--seg and --ref go with image files, not a workspace",
+                paths[0],
+                "view the workspace without them (it shows its runs' predictions), or give image files",
+            )
         cases = workspace_cases(paths[0])
         if not cases:
+            if Workspace(paths[0].absolute()).dataset_names():
+                raise VesaliusError("no data set could be read (see the warnings above)", paths[0], "re-import them")
             raise VesaliusError("no imported data sets", paths[0], "import one with 'vesalius import SRC NAME'")
         return cases
     return file_cases(paths, seg, ref)
 
 
 def workspace_cases(root: Path) -> list[ViewerCase]:
-    """Every case of every imported data set in the workspace ``root``, with run predictions where there are any."""
-    from vesalius.data.dataset import Dataset
+    """Every case of every imported data set in the workspace ``root``, with run predictions where there are any.
+
+    A data set that cannot be read is skipped with a warning (see the module's docstring).
+    """
     from vesalius.workspace import Workspace
 
     ws = Workspace(root.absolute())
     cases = []
     for name in ws.dataset_names():
-        dataset = Dataset.load(ws.dataset_dir(name))
-        labels = {int(k): v for k, v in dataset.labels.items() if int(k) != 0}
-        predictions = _run_predictions(ws.runs_dir(name)) if dataset.task == "segmentation" else {}
-        for case in dataset.cases:
-            reference = dataset.label_path(case)
-            prediction, metrics = predictions.get(case.case_id, (None, {}))
-            if dataset.task == "classification" and case.target is not None:
-                metrics = {"class": dataset.labels.get(case.target, str(case.target))}
-            cases.append(
-                ViewerCase(
-                    case.case_id,
-                    name,
-                    dataset.image_paths(case)[0],
-                    prediction,
-                    reference if reference is not None and reference.exists() else None,
-                    labels if dataset.task == "segmentation" else {},
-                    metrics,
-                )
+        try:
+            cases += _dataset_cases(ws, name)
+        except Exception as e:  # any malformed description (VesaliusError, or a wrong JSON type deeper down)
+            reason = e.one_line() if isinstance(e, VesaliusError) else f"{type(e).__name__}: {e}"
+            warnings.warn(f"data set '{name}' skipped in the viewer: {reason}", stacklevel=2)
+    return cases
+
+
+def _dataset_cases(ws: Workspace, name: str) -> list[ViewerCase]:
+    """The cases of the workspace's data set ``name``, with the predictions of its runs (skipped with a warning
+    when they cannot be read: the data set itself is still worth showing)."""
+    from vesalius.data.dataset import Dataset
+
+    dataset = Dataset.load(ws.dataset_dir(name))
+    labels = {int(k): v for k, v in dataset.labels.items() if int(k) != 0}
+    predictions: dict[str, tuple[Path, dict[str, float | str]]] = {}
+    if dataset.task == "segmentation":
+        try:
+            predictions = _run_predictions(ws.runs_dir(name))
+        except Exception as e:  # a malformed summary.json or package of a run
+            reason = e.one_line() if isinstance(e, VesaliusError) else f"{type(e).__name__}: {e}"
+            warnings.warn(f"run predictions of data set '{name}' skipped in the viewer: {reason}", stacklevel=3)
+    cases = []
+    for case in dataset.cases:
+        reference = dataset.label_path(case)
+        prediction, metrics = predictions.get(case.case_id, (None, {}))
+        if dataset.task == "classification" and case.target is not None:
+            metrics = {"class": dataset.labels.get(case.target, str(case.target))}
+        cases.append(
+            ViewerCase(
+                case.case_id,
+                name,
+                dataset.image_paths(case)[0],
+                prediction,
+                reference if reference is not None and reference.exists() else None,
+                labels if dataset.task == "segmentation" else {},
+                metrics,
             )
+        )
     return cases
 
 

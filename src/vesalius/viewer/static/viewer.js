@@ -1,5 +1,6 @@
 // Vesalius viewer: the case list (sortable) and a NiiVue view of the chosen case's image and label overlays.
-// window.vesalius exposes the state for tests: ready (the chosen case is drawn), caseIndex, error.
+// window.vesalius exposes the state for tests: ready (the chosen case is drawn), caseIndex, error (of the last load).
+// A case the server marks "broken" (a file missing or unreadable) is flagged in the list; the others still work.
 "use strict";
 
 const WINDOWS = { lung: [-600, 1500], abdomen: [40, 400], brain: [40, 80], bone: [400, 1800] }; // level, width (HU)
@@ -54,11 +55,19 @@ function renderTable() {
     const tr = document.createElement("tr");
     tr.dataset.index = c.index;
     if (c.index === state.current) tr.classList.add("selected");
+    if (c.broken) tr.classList.add("broken");
     for (const key of keys) {
       const td = document.createElement("td");
       const value = cellValue(c, key);
       td.textContent = formatValue(value);
       if (typeof value === "number") td.className = "n";
+      if (key === "id" && c.broken) {
+        const mark = document.createElement("span");
+        mark.className = "broken-mark";
+        mark.textContent = c.broken;
+        mark.title = "this case's files are missing or cannot be read; see the server's log";
+        td.append(" ", mark);
+      }
       tr.appendChild(td);
     }
     tr.addEventListener("click", () => loadCase(c.index));
@@ -181,10 +190,16 @@ async function loadCase(index) {
   const c = state.cases[index];
   if (!c || !state.nv) return;
   window.vesalius.ready = false;
+  window.vesalius.error = null;
   state.current = index;
   renderTable();
   history.replaceState(null, "", `#case=${index}`);
   $("case-title").textContent = `${c.group} / ${c.id}`;
+  if (!c.volumes.includes("image")) {
+    $("gl").style.visibility = "hidden"; // not the previous case's image under this one's title
+    message(`cannot show ${c.id}: ${c.broken || "no image"}`);
+    return;
+  }
   message("loading ...");
   try {
     const volumes = c.volumes.map((kind) => ({
@@ -204,14 +219,21 @@ async function loadCase(index) {
     $("window-preset").value = "auto";
     applyWindow(image.cal_min, image.cal_max);
     applyLayout(is2D);
+    $("gl").style.visibility = "";
     state.nv.drawScene();
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
     message("");
     window.vesalius.caseIndex = index;
     window.vesalius.ready = true;
   } catch (error) {
+    if (state.current !== index) return;
     window.vesalius.error = String(error);
+    $("gl").style.visibility = "hidden";
     message(`cannot show ${c.id}: ${error}`);
+    if (!c.broken) {
+      c.broken = "unreadable";
+      renderTable();
+    }
   }
 }
 
@@ -251,8 +273,10 @@ async function main() {
   for (const id of ["cal-min", "cal-max"]) {
     $(id).addEventListener("change", () => applyWindow(Number($("cal-min").value), Number($("cal-max").value)));
   }
-  const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("case") ?? 0);
-  if (state.cases.length) await loadCase(wanted >= 0 && wanted < state.cases.length ? wanted : 0);
+  const asked = new URLSearchParams(location.hash.slice(1)).get("case");
+  const first = state.cases.findIndex((c) => c.volumes.includes("image")); // a broken case is not shown first
+  const wanted = asked === null ? first : Number(asked);
+  if (state.cases.length) await loadCase(wanted >= 0 && wanted < state.cases.length ? wanted : Math.max(first, 0));
 }
 
 main().catch((error) => {
