@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -191,6 +191,8 @@ def preprocess(
     """Crop, resample, normalise and cache every case for a plan configuration (resumable)."""
     from vesalius.preprocessing.pipeline import preprocess_dataset
 
+    if workers < 1:
+        raise VesaliusError(f"--workers {workers}: at least one worker is needed", remedy="give --workers 1 or more")
     with _progress(f"preprocessing {name} ({config})", total=None) as advance:
         folder = preprocess_dataset(name, config, workspace, workers=workers, on_case=advance)
     out.print(f"preprocessed '{name}' ({config}) -> {folder}", markup=False, highlight=False)
@@ -406,7 +408,13 @@ def measure(
 
     if output:
         check_output(output, [seg, image], kind="file", suffixes=(".csv", ".json"))
-    result = measure_segmentation(read_image(seg), read_image(image) if image else None, connectivity=connectivity)
+    label_map, picture = read_image(seg), read_image(image) if image else None
+    if picture is not None and image is not None:
+        _check_same_grid(picture, label_map, image, "the image the segmentation was made on")
+    try:
+        result = measure_segmentation(label_map, picture, connectivity=connectivity)
+    except VesaliusError as e:
+        raise VesaliusError(e.problem, e.file or seg, e.remedy) from None  # name the segmentation file
     table = Table("label", "name", "component", result.size_column, "centroid (mm)", "mean intensity")
     for row in result.to_rows():
         centroid = ", ".join(f"{row[k]:.1f}" for k in row if k.startswith("centroid_") and k.endswith("_mm"))
@@ -459,20 +467,40 @@ def overlay(
         low, high = (float(v) for v in percentiles.split(","))
     except ValueError:
         raise VesaliusError(f"--percentiles '{percentiles}'", remedy="give two numbers, e.g. 1,99") from None
+    if not 0 <= low < high <= 100:
+        raise VesaliusError(
+            f"--percentiles {percentiles}", remedy="give LOW,HIGH with 0 <= LOW < HIGH <= 100, e.g. 1,99"
+        )
+    for name, value, fits, hint in (
+        ("--alpha", alpha, 0 <= alpha <= 1, "between 0 and 1"),
+        ("--size", size, 16 <= size <= 8192, "between 16 and 8192 pixels"),
+        ("--montage", montage, 0 <= montage <= 100, "between 0 (three planes) and 100 slices"),
+    ):
+        if not fits:
+            raise VesaliusError(f"{name} {value} is out of range", remedy=f"give {name} {hint}")
+    chosen_window = parse_window(window)
     check_output(output, [image, seg, reference], kind="file", suffixes=(".png",))
     picture, segmentation = read_image(image), read_image(seg)
+    _check_same_grid(segmentation, picture, seg, "a segmentation of the image")
     ref = read_image(reference) if reference else None
+    if ref is not None and reference is not None:
+        _check_same_grid(ref, picture, reference, "a reference label map of the image")
+    if label is not None and not (segmentation.array == label).any():
+        raise VesaliusError(f"--label {label} is not in the segmentation", seg, "give a label value it holds")
     point = None
     if slice_index is not None and picture.ndim == 3:
         if not 0 <= slice_index < picture.spatial_shape[2]:
-            raise VesaliusError(f"--slice {slice_index} is outside 0-{picture.spatial_shape[2] - 1}")
+            raise VesaliusError(
+                f"--slice {slice_index} is outside 0-{picture.spatial_shape[2] - 1}",
+                remedy=f"give --slice between 0 and {picture.spatial_shape[2] - 1}",
+            )
         centre = focus_point(segmentation.array[0], label)
         point = (centre[0], centre[1], slice_index)
     result = render_overlay(
         picture,
         segmentation,
         ref,
-        window=parse_window(window),
+        window=chosen_window,
         percentiles=(low, high),
         point=point,
         focus_label=label,
@@ -528,6 +556,16 @@ def view(
     )
 
 
+def _check_same_grid(image: Any, other: Any, path: Path, what: str) -> None:
+    """Refuse ``image`` (read from ``path``) unless it has the spatial shape of ``other``."""
+    if image.spatial_shape != other.spatial_shape:
+        raise VesaliusError(
+            f"shape {list(image.spatial_shape)} differs from the image's {list(other.spatial_shape)}",
+            path,
+            f"give {what}, on its grid",
+        )
+
+
 def _print_classification_metrics(summary: dict, what: str) -> None:
     text = f"{what} ({summary['n']} cases): accuracy {summary['accuracy']:.3f}, AUC {summary['auc']:.3f}"
     if summary.get("accuracy_ci") and summary.get("auc_ci"):
@@ -572,13 +610,18 @@ def datasets(workspace: WorkspaceOption = None) -> None:
     from vesalius.workspace import Workspace
 
     ws = Workspace.resolve(workspace)
+    broken = []
     for name in ws.dataset_names():
         try:
             d = Dataset.load(ws.dataset_dir(name))
-        except VesaliusError as e:  # one broken data set must not hide the others
-            err.print(f"warning: skipped: {e.one_line()}", markup=False, highlight=False, soft_wrap=True)
+        except VesaliusError as e:  # one broken data set must not hide the others: listed, then reported
+            broken.append(e)
             continue
         out.print(f"{name}\t{d.task}\t{d.spatial_dims}D\t{len(d.cases)} cases\t{d.source.get('layout', '')}")
+    for error in broken[:-1]:
+        err.print(f"error: {error.one_line()}", markup=False, highlight=False, soft_wrap=True)
+    if broken:
+        raise broken[-1]
 
 
 @app.command()

@@ -223,6 +223,8 @@ class ModelPackage:
     def trained(self) -> TrainedConfiguration:
         """The trained configuration (``model.json``)."""
         path = self.root / self.MODEL
+        if path.exists() and not path.is_file():
+            raise VesaliusError("the trained configuration is not a file", path, "train the model again")
         if not path.is_file():
             if (self.root / self.TRAINING).is_file():
                 raise VesaliusError(
@@ -248,11 +250,16 @@ class ModelPackage:
         """``training.json``: ``{"training": resolved settings, "split": {"train": [...], "val": [...]}, ...}``."""
         path = self.root / self.TRAINING
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise VesaliusError("not a training run (no training.json)", self.root, "give a run folder") from None
         except (OSError, ValueError) as e:
             raise VesaliusError(f"unreadable training record ({e})", path, "train the model again") from None
+        if not _is_training_record(record):
+            raise VesaliusError(
+                "not a training record (an object with 'training' and 'split')", path, "train the model again"
+            )
+        return record
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -290,9 +297,24 @@ class ModelPackage:
 
     def load_checkpoint(self, name: str = "final") -> dict[str, Any]:
         """The state saved in checkpoint ``name`` (tensors on the CPU)."""
-        return load_checkpoint(self.checkpoint_path(name))
+        path = self.checkpoint_path(name)
+        if not path.is_file() and name not in CHECKPOINTS:
+            raise VesaliusError(f"unknown checkpoint '{name}'", path, f"use --checkpoint {', '.join(CHECKPOINTS)}")
+        if not path.is_file():
+            present = [c for c in CHECKPOINTS if self.checkpoint_path(c).is_file()]
+            raise VesaliusError(
+                f"no checkpoint '{name}' in this run",
+                path,
+                f"use --checkpoint {' or '.join(present)}" if present else "train the model first",
+            )
+        return load_checkpoint(path)
 
     # -- writing (training and validation) -------------------------------------------------------------------------
+    def refuse_to_overwrite(self, *, force: bool) -> None:
+        """Refuse a new run in a folder that holds one, unless ``force``."""
+        if not force and (self.root / self.TRAINING).exists():
+            raise VesaliusError("a run exists here", self.root, "continue it with --resume, or start over with --force")
+
     def prepare(self, *, resume: bool, force: bool) -> dict[str, Any] | None:
         """Make the folder ready for training; returns the state of ``checkpoint_latest.pt`` when resuming.
 
@@ -301,8 +323,8 @@ class ModelPackage:
         """
         if resume and not (self.root / self.TRAINING).is_file():
             raise VesaliusError("nothing to resume", self.root, "start the run without --resume")
-        if not resume and not force and (self.root / self.TRAINING).exists():
-            raise VesaliusError("a run exists here", self.root, "continue it with --resume, or start over with --force")
+        if not resume:
+            self.refuse_to_overwrite(force=force)
         if not resume and self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -339,6 +361,14 @@ class ModelPackage:
 
     def write_postprocessing(self, decision: dict[str, Any]) -> None:
         write_json_atomic(self.root / self.POSTPROCESSING, decision)
+
+
+def _is_training_record(record: Any) -> bool:
+    """Whether ``record`` has the shape of ``training.json``: settings and a split of two case lists."""
+    if not isinstance(record, dict) or not isinstance(record.get("training"), dict):
+        return False
+    split = record.get("split")
+    return isinstance(split, dict) and all(isinstance(split.get(k), list) for k in ("train", "val"))
 
 
 def _json_if_present(path: Path) -> dict[str, Any] | None:

@@ -54,6 +54,11 @@ def check_output(
                 output,
                 f"give {option} a path outside the inputs",
             )
+    existing = next((a for a in (resolved, *resolved.parents) if a.exists()), None)
+    if existing is not None and existing != resolved and not existing.is_dir():
+        raise VesaliusError(
+            f"cannot create the output: {existing} is a file, not a folder", output, f"give {option} another path"
+        )
     if kind == "folder" and output.exists() and not output.is_dir():
         raise VesaliusError(
             "the output must be a folder, but this is an existing file", output, f"give {option} a folder"

@@ -21,7 +21,14 @@ from torch import nn
 
 from vesalius.errors import VesaliusError
 
-__all__ = ["PRECISIONS", "autocast_dtype", "cpu_has_native_bf16", "fp32_small_convolutions", "memory_format"]
+__all__ = [
+    "PRECISIONS",
+    "autocast_dtype",
+    "check_device",
+    "cpu_has_native_bf16",
+    "fp32_small_convolutions",
+    "memory_format",
+]
 
 #: The precision settings of ``--precision``.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -35,6 +42,20 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_device(device: str) -> str:
+    """``device`` when it is ``cpu``, ``cuda`` or ``cuda:N`` and usable here; else a one-line error."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise VesaliusError(f"unknown device '{device}'", remedy="use --device cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise VesaliusError(f"no CUDA device here for '{device}'", remedy="use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise VesaliusError(
+            f"there is no {device} (this machine has {torch.cuda.device_count()} GPU(s))", remedy="use --device cuda:0"
+        )
+    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

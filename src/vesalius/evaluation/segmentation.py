@@ -152,6 +152,8 @@ def _case_files(folder: Path) -> dict[str, Path]:
         raise VesaliusError("folder not found", folder, "check the path")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
+        if path.is_dir() and image_suffix(path):
+            raise VesaliusError("a folder named like an image file", path, "replace it with the image file")
         if not path.is_file() or not image_suffix(path):
             continue
         case_id = strip_suffix(path)
@@ -179,6 +181,10 @@ def _read_label_map(path: Path) -> Image:
             "a label map must hold whole label values; this one holds NaN or fractions",
             path,
             "give the label map (argmax of the probabilities), not probabilities",
+        )
+    if array.size and array.min() < 0:
+        raise VesaliusError(
+            f"a label map holds labels 0 and up; this one holds {array.min():g}", path, "give the label map"
         )
     return image
 

@@ -55,6 +55,15 @@ def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
     files = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
     subfolders = sorted(p for p in source.iterdir() if p.is_dir() and _is_dicom_folder(p))
     if channels == 1:
+        stems = {strip_suffix(p) for p in files}
+        for p in files:  # CASE_0000 and CASE_0001: channel files of one case, not two cases
+            case_id, _, index = strip_suffix(p).rpartition("_")
+            if case_id and index.isdigit() and len(index) == 4 and index != "0000" and f"{case_id}_0000" in stems:
+                raise VesaliusError(
+                    f"'{p.name}' is a second channel of case '{case_id}', but the model takes one channel",
+                    p,
+                    "give one file per case (only the channel the model was trained on)",
+                )
         cases = [InputCase(strip_suffix(p), [p], image_suffix(p)) for p in files]
         cases += [InputCase(p.name, [p], ".nii.gz") for p in subfolders]
     else:

@@ -22,6 +22,7 @@ from vesalius.model_package import (
     TrainedSegmentation,
     find_packages,
 )
+from vesalius.precision import check_device
 
 __all__ = ["LoadedModel", "load_ensemble", "load_model"]
 
@@ -54,6 +55,7 @@ def load_model(
     package: ModelPackage | str | Path, checkpoint: str = "final", device: str | torch.device = "cpu"
 ) -> LoadedModel:
     """Load ``checkpoint`` (``final``, ``best`` or ``latest``) of a trained model."""
+    check_device(str(device))
     package = package if isinstance(package, ModelPackage) else ModelPackage(package)
     network = build_trained_network(package.trained)
     network.load_state_dict(package.load_checkpoint(checkpoint)["model"])

@@ -186,10 +186,16 @@ def load_pretrained(model: nn.Module, path: str | Path) -> int:
         VesaliusError: unreadable file, or fewer than half of the model's tensors matched (another architecture).
     """
     path = Path(path)
+    if not path.is_file():
+        raise VesaliusError("pretrained weights not found", path, "give --pretrained a state-dict file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise VesaliusError(f"cannot read pretrained weights ({exc})", path, "give a PyTorch state dict") from exc
+    except Exception:
+        raise VesaliusError(
+            "cannot read pretrained weights: not a PyTorch state-dict file of tensors",
+            path,
+            "save the weights with torch.save(model.state_dict(), ...)",
+        ) from None
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict):

@@ -37,6 +37,7 @@ from vesalius.data.targets import encode_targets
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import write_json_atomic
 from vesalius.planning.plan import ClassificationPlan
+from vesalius.planning.planner import check_compute
 from vesalius.planning.rules import load_rules, normalization
 from vesalius.workspace import Workspace
 
@@ -243,6 +244,7 @@ def plan_classification_dataset(
 ) -> tuple[ClassificationPlan, Path]:
     """Make the classification plan of data set ``name`` afresh and write it to the workspace (what ``vesalius plan``
     does; training reads it from there). Returns the plan and its path."""
+    check_compute(device, time_budget_s, None)
     ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     if dataset.task != "classification":

@@ -153,6 +153,10 @@ class Configuration:
 
     def __post_init__(self) -> None:
         dims = len(self.patch_size)
+        for name in ("spacing", "spacing_full"):
+            values = getattr(self, name) or ()
+            if not all(math.isfinite(v) and v > 0 for v in values):
+                raise SchemaError(name, f"spacings must be positive, got {list(values)}")
         if dims not in (2, 3):
             raise SchemaError("patch_size", f"needs 2 or 3 sizes, got {dims}")
         if any(p < 1 for p in self.patch_size):

@@ -46,18 +46,21 @@ def make_plan(
 ) -> Plan:
     """The plan for ``dataset`` on ``device`` within ``time_budget_s`` seconds."""
     rules = rules or load_rules()
-    dev_key = "cuda" if device.startswith("cuda") else "cpu"
-    for name, value in (("time budget", time_budget_s), ("memory", memory_gb)):
-        if value is not None and not (np.isfinite(value) and value > 0):
-            raise VesaliusError(
-                f"the {name} must be positive, not {value}", remedy="e.g. --time-budget 30m --memory-gb 8"
-            )
+    dev_key = check_compute(device, time_budget_s, memory_gb)
     budget = float(time_budget_s or rules["default_time_budget_s"][dev_key])
     memory = float(memory_gb or rules["devices"][dev_key]["memory_gb"])
     spacings = np.asarray(fingerprint.spacings, dtype=float)
     shapes = np.asarray(fingerprint.shapes_after_crop, dtype=float)
     spacing = target_spacing(spacings, shapes, rules)
     resampled = np.median(shapes * spacings / np.asarray(spacing), axis=0)
+    smallest = 2 * rules["min_feature_map"]
+    if resampled.max() < smallest:
+        raise VesaliusError(
+            f"the images of '{dataset.name}' are too small to plan a network for (median "
+            f"{' x '.join(f'{s:.0f}' for s in resampled)} "
+            f"voxels; the smallest patch is {smallest} per side)",
+            remedy="segment images of at least a few tens of voxels per side",
+        )
     mirror = mirror_axes(fingerprint.class_centroids, dataset.spatial_dims, rules)
     configurations: dict[str, Any] = {}
     if dataset.spatial_dims == 3:
@@ -132,6 +135,21 @@ def _configuration(
     }
 
 
+def check_compute(device: str, time_budget_s: float | None, memory_gb: float | None) -> str:
+    """The device kind (``cpu`` or ``cuda``) a plan is sized for, once the request is checked (the device need not
+    be present: a GPU plan may be made on a laptop)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise VesaliusError(f"cannot plan for the device '{device}'", remedy="use --device cpu or cuda")
+    for name, option, value in (
+        ("time budget", "--time-budget 30m", time_budget_s),
+        ("memory", "--memory-gb 8", memory_gb),
+    ):
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise VesaliusError(f"the {name} must be positive, not {value}", remedy=f"e.g. {option}")
+    return kind
+
+
 def plan_dataset(
     name: str,
     workspace: str | Path | Workspace | None = None,
@@ -142,16 +160,23 @@ def plan_dataset(
     workers: int = 2,
 ) -> tuple[Plan, Path]:
     """Fingerprint (cached) and plan an imported segmentation data set; returns the plan and its path."""
+    check_compute(device, time_budget_s, memory_gb)  # before minutes of fingerprinting
     ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     if dataset.task != "segmentation":
         raise VesaliusError(f"'{name}' is a {dataset.task} data set", remedy="plan works on segmentation data sets")
     fp_path = ws.fingerprint_path(name)
-    fingerprint = Fingerprint.from_json(json.loads(fp_path.read_text())) if fp_path.exists() else None
-    if fingerprint is None or len(fingerprint.class_centroids) != fingerprint.num_cases:  # none, or pre-centroids
+    try:
+        fingerprint = Fingerprint.from_json(json.loads(fp_path.read_text())) if fp_path.exists() else None
+    except (ValueError, TypeError, OSError):  # an unreadable cache is made again
+        fingerprint = None
+    fresh = fingerprint is None or len(fingerprint.class_centroids) != fingerprint.num_cases  # none, or pre-centroids
+    if fresh:
         fingerprint = compute_fingerprint(dataset, workers=workers)
-        write_json_atomic(fp_path, fingerprint.to_json())
+    assert fingerprint is not None
     plan = make_plan(fingerprint, dataset, device=device, time_budget_s=time_budget_s, memory_gb=memory_gb)
+    if fresh:  # written once the plan is made: a data set that cannot be planned leaves nothing behind
+        write_json_atomic(fp_path, fingerprint.to_json())
     return plan, plan.save(ws.plan_path(name))
 
 

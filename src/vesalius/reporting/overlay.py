@@ -89,6 +89,8 @@ def parse_window(text: str | None) -> Window:
         raise VesaliusError(
             f"unknown window '{text}'", remedy=f"use one of {', '.join(WINDOW_PRESETS)} or LEVEL,WIDTH (e.g. 40,400)"
         ) from None
+    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+        raise VesaliusError(f"--window {text}: the width must be positive", remedy="give LEVEL,WIDTH, e.g. 40,400")
     return (level, width)
 
 

@@ -104,6 +104,8 @@ def build_report(
         else:
             context = _segmentation_run_context(package, workspace)
     elif (source / "metrics.csv").is_file() and (source / "summary.json").is_file():
+        if images is not None and not Path(images).is_dir():
+            raise VesaliusError("image folder not found", images, "give --images the folder of the images")
         context = _evaluation_context(source, None if images is None else Path(images))
     else:
         raise VesaliusError(
@@ -133,9 +135,12 @@ def build_report_or_warn(source: str | Path, output: str | Path | None = None, *
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise VesaliusError(f"cannot read JSON ({e})", path, "check the file") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise VesaliusError(f"cannot read JSON ({type(e).__name__})", path, "write it again with Vesalius") from None
+    if not isinstance(data, dict):
+        raise VesaliusError("not a JSON object", path, "write it again with Vesalius")
+    return data
 
 
 def _workspace_of(run_dir: Path, workspace: str | Path | None) -> Any:
@@ -224,9 +229,12 @@ def _evaluation_context(folder: Path, images: Path | None) -> dict:
     names = {int(k): v for k, v in summary.get("labels", {}).items()}
     pred_dir, ref_dir = Path(summary.get("pred_dir", folder)), Path(summary.get("ref_dir", folder))
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            scores.setdefault(row["case"], {})[row["name"]] = {k: _float(v) for k, v in row.items() if k in _NUMERIC}
+    for row in _read_csv(folder / "metrics.csv"):
+        if "case" not in row or "name" not in row:
+            raise VesaliusError(
+                "not a metrics table (case and name columns)", folder / "metrics.csv", "run 'vesalius evaluate' again"
+            )
+        scores.setdefault(row["case"], {})[row["name"]] = {k: _float(v) for k, v in row.items() if k in _NUMERIC}
     notes = [] if images else ["no image folder given (--images DIR): overlays are drawn on a black background"]
     cases = []
     for case_id, case_scores in scores.items():
@@ -273,9 +281,21 @@ def _case_file(folder: Path | None, case_id: str) -> Path | None:
     return None
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written by Vesalius; an unreadable one is a one-line error."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise VesaliusError(f"unreadable CSV ({type(e).__name__})", path, "write it again with Vesalius") from None
+
+
 def _csv_table(path: Path, limit: int = 50) -> dict[str, Any]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise VesaliusError(f"unreadable CSV ({type(e).__name__})", path, "write it again with Vesalius") from None
     return {
         "name": path.name,
         "header": rows[0] if rows else [],

@@ -248,6 +248,10 @@ def train_classification(
         precision=settings.precision,  # type: ignore[arg-type]
         versions=versions(),
     )
+    if settings.pretrained:  # a wrong file is found before the run folder is touched
+        load_pretrained(
+            build_classifier(trained.network, trained.spatial_dims, len(trained.channels), 2), settings.pretrained
+        )
     state = package.prepare(resume=resume, force=force)
     torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
     data = {

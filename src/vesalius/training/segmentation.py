@@ -234,9 +234,11 @@ def train_segmentation(
             )
     settings = settings.resolve(plan)
     trained = trained_configuration(plan, settings)
+    if not resume:
+        package.refuse_to_overwrite(force=force)  # before minutes of preprocessing
+    folder, split = _prepare_data(settings, ws)
     state = package.prepare(resume=resume, force=force)
     torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
-    folder, split = _prepare_data(settings, ws)
     head = SegmentationHead(trained, settings, folder, split)
     loop = TrainingLoop(head, settings, package, state)
     package.write_setup(plan, trained, settings.to_dict(), split, ws.fingerprint_path(settings.dataset))

@@ -15,7 +15,7 @@ from typing import Any
 from vesalius.errors import VesaliusError
 from vesalius.models.classifiers import ARCHITECTURES
 from vesalius.planning.plan import ClassificationPlan, Plan
-from vesalius.precision import PRECISIONS
+from vesalius.precision import PRECISIONS, check_device
 
 __all__ = [
     "BALANCES",
@@ -51,13 +51,20 @@ def _check_common(settings: Any, folds: tuple[str, ...]) -> None:
     if not (fold in folds or (isinstance(fold, int) and not isinstance(fold, bool) and fold >= 0)):
         raise VesaliusError(f"invalid fold '{fold}'", remedy=f"use 0-4 or {', '.join(repr(f) for f in folds)}")
     if settings.epochs is not None and settings.epochs < 1:
-        raise VesaliusError("epochs must be at least 1")
+        raise VesaliusError(f"epochs must be at least 1, not {settings.epochs}", remedy="give --epochs 1 or more")
+    if settings.batch_size is not None and settings.batch_size < 1:
+        raise VesaliusError(
+            f"the batch size must be at least 1, not {settings.batch_size}", remedy="give --batch-size 1 or more"
+        )
     if settings.time_budget_s is not None and not (
         settings.time_budget_s > 0 and math.isfinite(settings.time_budget_s)
     ):
         raise VesaliusError("the time budget must be positive", remedy="e.g. --time-budget 30m")
     if settings.lr is not None and not (settings.lr > 0 and math.isfinite(settings.lr)):
         raise VesaliusError(f"the learning rate must be positive, not {settings.lr}", remedy="e.g. --lr 0.001")
+    if not settings.checkpoint_interval_s >= 0:
+        raise VesaliusError("the checkpoint interval must be 0 s or more", remedy="e.g. checkpoint_interval_s=300")
+    check_device(settings.device)
 
 
 class _SettingsIO:
@@ -130,11 +137,10 @@ class SegmentationSettings(_SettingsIO):
         _check_common(self, ("all",))
         _check_choices(("schedule", self.schedule, SCHEDULES))
         if self.iterations_per_epoch < 1:
-            raise VesaliusError("iterations per epoch must be at least 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise VesaliusError("the batch size must be at least 1")
-        if not self.checkpoint_interval_s >= 0:
-            raise VesaliusError("the checkpoint interval must be 0 s or more")
+            raise VesaliusError(
+                f"iterations per epoch must be at least 1, not {self.iterations_per_epoch}",
+                remedy="give --iters-per-epoch 1 or more",
+            )
 
     def resolve(self, plan: Plan) -> SegmentationSettings:
         """A copy with every default taken from the plan (its configuration's ``iterations``, ``batch_size``, ...).
@@ -229,10 +235,11 @@ class ClassificationSettings(_SettingsIO):
             ("schedule", self.schedule, CLASSIFICATION_SCHEDULES),
             ("balance", self.balance, BALANCES),
         )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise VesaliusError("the batch size must be at least 1")
-        if not self.checkpoint_interval_s >= 0:
-            raise VesaliusError("the checkpoint interval must be 0 s or more")
+        if self.early_stopping is not None and self.early_stopping < 0:
+            raise VesaliusError(
+                f"early stopping needs 0 or more epochs, not {self.early_stopping}",
+                remedy="give --early-stopping 0 (never) or more",
+            )
 
     def resolve(self, plan: ClassificationPlan, fold: int | str) -> ClassificationSettings:
         """A copy with the fold resolved and every ``None`` setting taken from the plan."""
