@@ -560,9 +560,9 @@ def _check_same_grid(image: Any, other: Any, path: Path, what: str) -> None:
     """Refuse ``image`` (read from ``path``) unless it has the spatial shape of ``other``."""
     if image.spatial_shape != other.spatial_shape:
         raise VesaliusError(
-            f"shape {list(image.spatial_shape)} differs from the image's {list(other.spatial_shape)}",
+            f"shape {list(image.spatial_shape)} is not on the image's grid ({list(other.spatial_shape)})",
             path,
-            f"give {what}, on its grid",
+            f"give {what}",
         )
 
 
