@@ -8,6 +8,7 @@ point into the workspace copy (nnU-Net v2 layout: ``imagesTr/CASE_0000.nii.gz``,
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -112,12 +113,19 @@ class Dataset:
         return {"vesalius_dataset": SCHEMA_VERSION, **d}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], root: Path | None = None) -> Dataset:
-        d = dict(d)
-        d.pop("vesalius_dataset", None)
-        d["labels"] = {int(k): v for k, v in d["labels"].items()}
-        d["cases"] = [Case(**c) for c in d["cases"]]
-        return cls(**d, root=root)
+    def from_json(cls, d: Any, root: Path | None = None, *, file: str | Path | None = None) -> Dataset:
+        """A data set from the content of ``dataset.json``, every key and type checked.
+
+        A hand-edited or damaged file must fail in one line that names the key (``cases[3].label``), not with a
+        ``KeyError`` later in training; case ids are checked because later steps build file names from them.
+
+        Raises:
+            VesaliusError: a missing or unknown key, a value of the wrong type, or an unsafe case id; ``file``
+                (default ``root/dataset.json``) is named in the message.
+        """
+        where = file if file is not None else (root / "dataset.json" if root is not None else "dataset.json")
+        checked = _checked_fields(d, where)
+        return cls(**checked, root=root)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/dataset.json`` atomically."""
@@ -133,11 +141,17 @@ class Dataset:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise VesaliusError("no dataset.json", Path(folder), "import the data set with 'vesalius import'") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise VesaliusError(f"invalid JSON ({e})", path, "re-import the data set") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise VesaliusError(f"cannot read the file ({e})", path, "re-import the data set") from None
+        if not isinstance(raw, dict):
+            raise VesaliusError(
+                f"the file holds a JSON {_json_type(raw)}, not an object", path, "re-import the data set"
+            )
         if "vesalius_dataset" not in raw:
             raise VesaliusError("not a Vesalius data set description", path, "import it with 'vesalius import'")
-        return cls.from_json(raw, root=Path(folder))
+        return cls.from_json(raw, root=Path(folder), file=path)
 
 
 def dataset_task(folder: str | Path, requested: str = "auto") -> Task:
@@ -148,3 +162,163 @@ def dataset_task(folder: str | Path, requested: str = "auto") -> Task:
             f"the data set is a {task} data set, not {requested}", Path(folder), f"use --task {task} or auto"
         )
     return task
+
+
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_case_id(case_id: str, file: str | Path | None = None, where: str = "", *, strict: bool = True) -> str:
+    """A case id: letters, digits, ``_ . -``, at most 64 characters, starting with a letter or digit (the rule of
+    data set names, :func:`vesalius.workspace.check_name`), and no ``..``.
+
+    Case ids become file names (``imagesTr/CASE_0000.nii.gz``, preprocessed ``CASE.npy``), so a separator or
+    ``..`` would write outside the data set's folder; they are refused rather than rewritten, so that the ids
+    stay those of the source.
+
+    Args:
+        case_id: the id.
+        file: the file it came from, for the message.
+        where: where in that file (``"row 3"``, ``"training[2]"``), for the message.
+        strict: ``False`` checks only that the id is one safe file name (no separator, not hidden, no ``..``,
+            at most 255 characters): the ids that the pairs and classes layouts take from file names (which
+            may hold spaces or accents) and that data sets imported before the strict rule hold.
+    """
+    if strict:
+        ok = isinstance(case_id, str) and bool(_CASE_ID.match(case_id)) and ".." not in case_id
+    else:
+        ok = (
+            isinstance(case_id, str)
+            and 0 < len(case_id) <= 255
+            and not case_id.startswith((".", " "))
+            and not any(c in case_id for c in "/\\\0")
+            and ".." not in case_id
+        )
+    if not ok:
+        at = f" ({where})" if where else ""
+        raise VesaliusError(
+            f"invalid case id {case_id!r}{at}",
+            file,
+            "use letters, digits, '_', '.' or '-' (at most 64, starting with a letter or digit, no '..')",
+        )
+    return case_id
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+_DATASET_KEYS = {
+    "name": (True, "a string"),
+    "task": (True, "'segmentation' or 'classification'"),
+    "spatial_dims": (True, "2 or 3"),
+    "channels": (True, "a list of strings"),
+    "labels": (True, "an object mapping whole numbers to names"),
+    "cases": (True, "a list of cases"),
+    "source": (False, "an object of strings"),
+    "modalities": (False, "a list of strings"),
+    "notes": (False, "a list of strings"),
+    "stray_files": (False, "a list of strings"),
+    "target_type": (False, f"null or one of {', '.join(TARGET_TYPES)}"),
+}
+_CASE_KEYS = {
+    "case_id": (True, "a string"),
+    "images": (True, "a list of file paths"),
+    "label": (False, "a file path or null"),
+    "target": (False, "null, a class index or a list of 0/1 flags"),
+    "split": (False, "a string or null"),
+    "source": (False, "a list of strings"),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _valid(key: str, value: Any, case: bool) -> bool:
+    if case and key == "source":
+        return _is_str_list(value)
+    checks = {
+        "name": lambda v: isinstance(v, str),
+        "task": lambda v: v in ("segmentation", "classification"),
+        "spatial_dims": lambda v: _is_int(v) and v in (2, 3),
+        "channels": _is_str_list,
+        "source": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "modalities": _is_str_list,
+        "notes": _is_str_list,
+        "stray_files": _is_str_list,
+        "target_type": lambda v: v is None or v in TARGET_TYPES,
+        "case_id": lambda v: isinstance(v, str),
+        "images": lambda v: _is_str_list(v) and len(v) > 0,
+        "label": lambda v: v is None or isinstance(v, str),
+        "target": lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(_is_int(x) for x in v)),
+        "split": lambda v: v is None or isinstance(v, str),
+    }
+    return bool(checks[key](value))
+
+
+def _checked_keys(d: Any, spec: dict[str, tuple[bool, str]], file: str | Path, prefix: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise VesaliusError(
+            f"{prefix or 'the file'} is a JSON {_json_type(d)}, not an object", file, "re-import the data set"
+        )
+    unknown = sorted(str(k) for k in d if k not in spec)
+    if unknown:
+        raise VesaliusError(f"unknown key {prefix}{unknown[0]!r}", file, "remove it, or re-import the data set")
+    for key, (required, _) in spec.items():
+        if required and key not in d:
+            raise VesaliusError(f"missing key '{prefix}{key}'", file, "re-import the data set")
+    for key, value in d.items():
+        if key not in ("labels", "cases") and not _valid(key, value, case=bool(prefix)):
+            raise VesaliusError(
+                f"'{prefix}{key}' must be {spec[key][1]}, not {_json_type(value)} {_short(value)}",
+                file,
+                "correct it, or re-import the data set",
+            )
+    return dict(d)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or np.isfinite(value) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _checked_fields(d: Any, file: str | Path) -> dict[str, Any]:
+    """The keyword arguments of :class:`Dataset` from a ``dataset.json`` object, each checked."""
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k != "vesalius_dataset"}
+    out = _checked_keys(d, _DATASET_KEYS, file, "")
+    labels = out["labels"]
+    if not isinstance(labels, dict):
+        raise VesaliusError(
+            f"'labels' must be an object mapping whole numbers to names, not {_json_type(labels)} {_short(labels)}",
+            file,
+            'write it like {"0": "background", "1": "liver"}',
+        )
+    converted: dict[int, str] = {}
+    for k, v in labels.items():
+        if not re.fullmatch(r"-?\d{1,18}", str(k).strip()) or not isinstance(v, str):
+            raise VesaliusError(
+                f"'labels' entry {k!r}: {_short(v)} is not a whole number mapped to a name",
+                file,
+                'write it like {"0": "background", "1": "liver"}',
+            )
+        converted[int(k)] = v
+    out["labels"] = converted
+    if not isinstance(out["cases"], list):
+        raise VesaliusError(
+            f"'cases' must be a list of cases, not {_json_type(out['cases'])} {_short(out['cases'])}",
+            file,
+            "re-import the data set",
+        )
+    cases = []
+    for i, entry in enumerate(out["cases"]):
+        fields = _checked_keys(entry, _CASE_KEYS, file, f"cases[{i}].")
+        check_case_id(fields["case_id"], file, f"cases[{i}].case_id", strict=False)
+        cases.append(Case(**fields))
+    out["cases"] = cases
+    return out

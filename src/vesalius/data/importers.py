@@ -24,12 +24,16 @@ temporary folder, verified, and renamed into place, so a failed import leaves no
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vesalius.data.dataset import TARGET_TYPES, Case, Dataset, Task
+from vesalius.data.dataset import TARGET_TYPES, Case, Dataset, Task, check_case_id
 from vesalius.data.verify import Problem, VerificationReport, verify_dataset
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix, write_image
@@ -121,14 +125,19 @@ def import_dataset(
     target = ws.dataset_dir(name)
     if not source.exists():
         raise VesaliusError("source not found", source, "check the path")
+    if source.is_dir() and (ws.root.absolute() == source or source in ws.root.absolute().parents):
+        raise VesaliusError(
+            f"the workspace lies inside the source folder {source}, which is only ever read",
+            ws.root,
+            "choose a workspace outside the source (--workspace DIR or $VESALIUS_HOME)",
+        )
     if target_type != "auto" and target_type not in TARGET_TYPES:
         raise VesaliusError(
             f"unknown target type '{target_type}'", remedy=f"use auto or one of {', '.join(TARGET_TYPES)}"
         )
     if target.exists() and not overwrite:
         raise VesaliusError(f"data set '{name}' already exists", target, "choose another name or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=target.parent))
+    staging = _new_staging(target)
     try:
         if (layout == "auto" and source.suffix.lower() == ".npz") or layout == "npz":
             dataset, problems, origin = _convert_npz(source, name, staging, target_type)
@@ -137,6 +146,14 @@ def import_dataset(
             if modalities:
                 scan.modalities = list(modalities)
             dataset, problems, origin = _convert(scan, source, name, staging, label_threshold, on_case)
+            if modalities and len(modalities) != len(dataset.channels):
+                raise VesaliusError(
+                    f"--modality names {len(modalities)} modalities ({','.join(modalities)}) but the data set has "
+                    f"{len(dataset.channels)} channel{'s' if len(dataset.channels) != 1 else ''} "
+                    f"({', '.join(dataset.channels)})",
+                    source,
+                    "give one modality per channel, separated by commas",
+                )
             if dataset.task == "classification":
                 dataset.target_type = _target_type(target_type, len(dataset.labels), multilabel=False, source=source)
         report = verify_dataset(dataset)
@@ -154,8 +171,55 @@ def import_dataset(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+        with contextlib.suppress(OSError):  # still in use by another import: left
+            staging.parent.rmdir()
     dataset.root = target
     return dataset, report
+
+
+STAGING_DIR = ".staging"
+"""Where imports build their copy: ``datasets/.staging/NAME-PID-RANDOM``. Inside ``datasets/`` (the same file
+system, so the final move is one rename) but one level down, so that a staging folder, even one a killed import
+left with its ``dataset.json`` written, is never taken for a data set; ``.staging`` is no valid data set name."""
+
+
+def _new_staging(target: Path) -> Path:
+    """A fresh staging folder for ``target``, after removing what killed imports left behind."""
+    area = target.parent / STAGING_DIR
+    area.mkdir(parents=True, exist_ok=True)
+    _clean_staging(target.parent)
+    return Path(tempfile.mkdtemp(prefix=f"{target.name}-{os.getpid()}-", dir=area))
+
+
+def _clean_staging(datasets: Path) -> None:
+    """Remove the staging folders of imports that are no longer running (killed, or the machine restarted).
+
+    A folder's name carries the process id of its import; one whose process is alive is left alone, since another
+    import may be running in the same workspace. Folders ``.import-*`` of the earlier layout are removed too.
+    """
+    leftovers = [p for p in datasets.glob(".import-*") if p.is_dir()]
+    area = datasets / STAGING_DIR
+    for p in area.iterdir() if area.is_dir() else []:
+        match = re.fullmatch(r".+-(\d+)-[^-]+", p.name)
+        if not match or not _process_alive(int(match[1])):
+            leftovers.append(p)
+    for p in leftovers:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # another user's process (alive), or not a process id at all
+    return True
 
 
 class ImportRefused(VesaliusError):
@@ -232,32 +296,61 @@ def _stray(folder: Path) -> list[Path]:
 
 def _scan_msd(source: Path) -> SourceScan:
     meta_path = source / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise VesaliusError(f"invalid JSON ({e})", meta_path, "fix the file") from None
+    meta = _read_json_object(meta_path)
     images_dir, labels_dir = source / "imagesTr", source / "labelsTr"
     if not images_dir.is_dir():
         raise VesaliusError("no imagesTr folder next to dataset.json", source, "check the data set layout")
     channel_names = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
+    key = "channel_names" if meta.get("channel_names") else "modality"
+    if not isinstance(channel_names, dict) or not all(re.fullmatch(r"\d{1,4}", str(k)) for k in channel_names):
+        raise VesaliusError(
+            f"'{key}' must map channel numbers to names, not {_short(channel_names)}",
+            meta_path,
+            'write it like {"0": "CT"}',
+        )
     channels = [str(channel_names[k]) for k in sorted(channel_names, key=int)]
     labels = _declared_labels(meta.get("labels", {}), meta_path)
+    for field_name in ("tensorImageSize", "file_ending"):
+        if field_name in meta and not isinstance(meta[field_name], str):
+            raise VesaliusError(
+                f"'{field_name}' must be a string, not {_short(meta[field_name])}", meta_path, "correct it"
+            )
     four_d = str(meta.get("tensorImageSize", "3D")).upper() == "4D" and "channel_names" not in meta
     spatial_dims = 2 if str(meta.get("tensorImageSize", "3D")).upper() == "2D" else 3
     ending = meta.get("file_ending", ".nii.gz")
     cases: list[SourceCase] = []
     if "training" in meta:  # MSD: explicit list
-        for entry in meta["training"]:
+        training = meta["training"]
+        if not isinstance(training, list):
+            raise VesaliusError(
+                f'\'training\' must be a list of {{"image": ..., "label": ...}} entries, not {_short(training)}',
+                meta_path,
+                "correct it",
+            )
+        for i, entry in enumerate(training):
+            where = f"training[{i}]"
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                missing = "an object" if not isinstance(entry, dict) else "image" if "image" not in entry else "label"
+                raise VesaliusError(
+                    f"'{where}' has no '{missing}'" if missing != "an object" else f"'{where}' is not an object",
+                    meta_path,
+                    'give each entry like {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}',
+                )
             listed = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-            images = [source / p for p in listed]
+            images = [_inside(source, p, meta_path, f"{where}.image") for p in listed]
+            if not images:
+                raise VesaliusError(f"'{where}.image' is an empty list", meta_path, "name the case's image files")
+            label = _inside(source, entry["label"], meta_path, f"{where}.label")
             if len(images) == 1 and not images[0].exists():  # nnU-Net-converted MSD: CASE_0000.nii.gz files
                 stem = strip_suffix(images[0])
-                found = sorted(images[0].parent.glob(f"{stem}_[0-9][0-9][0-9][0-9]{image_suffix(images[0])}"))
+                pattern = f"{glob.escape(stem)}_[0-9][0-9][0-9][0-9]{glob.escape(image_suffix(images[0]))}"
+                found = sorted(images[0].parent.glob(pattern))
                 images = found or images
             case_id = (
                 _CHANNEL_FILE.sub(r"\g<case>", strip_suffix(images[0])) if len(images) > 1 else strip_suffix(images[0])
             )
-            cases.append(SourceCase(case_id, images, source / entry["label"]))
+            check_case_id(case_id, meta_path, f"{where}.image")
+            cases.append(SourceCase(case_id, images, label))
     else:  # nnU-Net v2: files CASE_XXXX{ending} in imagesTr, CASE{ending} in labelsTr
         groups: dict[str, list[Path]] = {}
         for p in _image_entries(images_dir):
@@ -265,6 +358,7 @@ def _scan_msd(source: Path) -> SourceScan:
             if p.name.endswith(ending) and m:
                 groups.setdefault(m["case"], []).append(p)
         for case_id, files in sorted(groups.items()):
+            check_case_id(case_id, files[0], strict=False)
             cases.append(SourceCase(case_id, sorted(files), labels_dir / f"{case_id}{ending}"))
     used = {p for c in cases for p in [*c.images, c.label] if p is not None}
     stray = [
@@ -277,15 +371,64 @@ def _scan_msd(source: Path) -> SourceScan:
     return SourceScan("msd", "segmentation", cases, spatial_dims, channels, channels, labels, four_d, stray_files=stray)
 
 
-def _declared_labels(raw: dict[str, Any], path: Path) -> dict[int, str]:
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A source's ``dataset.json``, which must hold a JSON object."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise VesaliusError(f"invalid JSON ({' '.join(str(e).split())[:200]})", path, "fix the file") from None
+    except OSError as e:
+        raise VesaliusError(f"cannot read the file ({e.strerror or e})", path, "check the file") from None
+    if not isinstance(meta, dict):
+        raise VesaliusError(
+            f"the file holds a JSON {type(meta).__name__.replace('dict', 'object').replace('list', 'array')}, "
+            "not an object",
+            path,
+            "expected an MSD or nnU-Net dataset.json object",
+        )
+    return meta
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _inside(root: Path, relative: Any, file: Path, where: str) -> Path:
+    """``root / relative`` for a path a user's file gives, refused unless it stays inside ``root``.
+
+    The check is on the text (absolute paths and ``..`` are refused), not on resolved links, so that a source
+    may link to data kept elsewhere while a file cannot name paths outside its own folder tree.
+    """
+    if not isinstance(relative, str) or not relative.strip():
+        raise VesaliusError(f"'{where}' must be a file path, not {_short(relative)}", file, "correct it")
+    path = Path(relative.strip())
+    if path.is_absolute() or ".." in path.parts or "\0" in relative:
+        raise VesaliusError(
+            f"'{where}' path {relative!r} leaves the folder {root}",
+            file,
+            "give paths relative to that folder, without '..', and keep the files inside it",
+        )
+    return root / path
+
+
+def _declared_labels(raw: Any, path: Path) -> dict[int, str]:
     """MSD labels ``{"0": "background"}`` or nnU-Net v2 labels ``{"background": 0}``."""
+    if not isinstance(raw, dict):
+        raise VesaliusError(
+            f"'labels' must be an object of value-name pairs, not {_short(raw)}",
+            path,
+            'write it like {"0": "background", "1": "liver"} (MSD) or {"background": 0, "liver": 1} (nnU-Net v2)',
+        )
     out: dict[int, str] = {}
     for k, v in raw.items():
         try:
-            if isinstance(v, int):
+            if isinstance(v, int) and not isinstance(v, bool):
                 out[v] = k
-            else:
+            elif isinstance(v, str | int | float) and not isinstance(v, bool):
                 out[int(k)] = str(v)
+            else:
+                raise TypeError(v)
         except (TypeError, ValueError):
             raise VesaliusError(
                 f"label entry {k!r}: {v!r} is not a value-name pair", path, "use MSD or nnU-Net v2 label syntax"
@@ -331,7 +474,7 @@ def _scan_pairs(source: Path, labels_dir: str | None) -> SourceScan:
             match = options[0] if options else None
         if match is not None:
             used.add(match)
-        cases.append(SourceCase(stem, [image], match))
+        cases.append(SourceCase(check_case_id(stem, image, strict=False), [image], match))
     stray = _stray(images_dir) + _stray(label_folder) + [p for p in labels.values() if p not in used]
     return SourceScan("pairs", "segmentation", cases, stray_files=stray)
 
@@ -340,7 +483,7 @@ def _scan_classes(source: Path) -> SourceScan:
     class_dirs = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     labels = {i: d.name for i, d in enumerate(class_dirs)}
     cases = [
-        SourceCase(f"{d.name}_{strip_suffix(p)}", [p], target=i)
+        SourceCase(check_case_id(f"{d.name}_{strip_suffix(p)}", p, strict=False), [p], target=i)
         for i, d in enumerate(class_dirs)
         for p in _image_entries(d)
     ]
@@ -349,29 +492,60 @@ def _scan_classes(source: Path) -> SourceScan:
 
 
 def _scan_csv(path: Path) -> SourceScan:
-    with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes "CSV UTF-8" with a BOM
-        rows = list(csv.DictReader(f))
+    if path.is_dir():  # --layout csv with a folder: its one CSV file
+        tables = sorted(p for p in path.glob("*.csv") if p.is_file())
+        if len(tables) != 1:
+            raise VesaliusError(
+                f"the csv layout needs a CSV file; the folder holds {len(tables)}", path, "give the CSV file itself"
+            )
+        path = tables[0]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # Excel writes "CSV UTF-8" with a BOM
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except UnicodeDecodeError:
+        raise VesaliusError("not a UTF-8 text file", path, "save the CSV as UTF-8 text") from None
+    except csv.Error as e:
+        raise VesaliusError(f"cannot parse the CSV ({e})", path, "save it as plain comma-separated text") from None
+    except OSError as e:
+        raise VesaliusError(f"cannot read the CSV ({e.strerror or e})", path, "check the file") from None
     if not rows:
         raise VesaliusError("empty CSV", path, "add a header line and one row per image")
-    columns = {c.lower().strip(): c for c in rows[0]}
+    columns = {c.lower().strip(): c for c in header}
     image_col = next((columns[c] for c in ("image", "path", "file", "filename") if c in columns), None)
     label_col = next((columns[c] for c in ("label", "class", "target", "diagnosis") if c in columns), None)
     if image_col is None or label_col is None:
         raise VesaliusError(
-            f"CSV needs an image column and a label column, found {list(rows[0])}",
+            f"CSV needs an image column and a label column, found {header}",
             path,
             "name them 'image' and 'label'",
         )
-    raw = [r[label_col].strip() for r in rows]
-    names = sorted(set(raw), key=lambda v: (not v.lstrip("-").isdigit(), int(v) if v.lstrip("-").isdigit() else 0, v))
-    index = {n: i for i, n in enumerate(names)}
     id_col, split_col = columns.get("case_id") or columns.get("id"), columns.get("split")
+    wanted = [c for c in (image_col, label_col, id_col, split_col) if c is not None]
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        short = [c for c in wanted if not isinstance(row.get(c), str)]
+        if short:
+            raise VesaliusError(
+                f"row {n} has no value in column '{short[0]}'", path, "give every row a value in every column"
+            )
+    raw = [r[label_col].strip() for r in rows]
+    names = sorted(set(raw), key=lambda v: (not _is_integer(v), int(v) if _is_integer(v) else 0, v))
+    index = {n: i for i, n in enumerate(names)}
     cases = []
-    for row, value in zip(rows, raw, strict=True):
-        image = path.parent / row[image_col].strip()
-        case_id = row[id_col].strip() if id_col else strip_suffix(image)
-        cases.append(SourceCase(case_id, [image], target=index[value], split=row[split_col] if split_col else None))
+    for n, (row, value) in enumerate(zip(rows, raw, strict=True), start=2):
+        image = _inside(path.parent, row[image_col], path, f"row {n}, column {image_col}")
+        if id_col:
+            case_id = check_case_id(row[id_col].strip(), path, f"row {n}, column {id_col}")
+        else:
+            case_id = check_case_id(strip_suffix(image), path, f"row {n}, column {image_col}", strict=False)
+        split = row[split_col].strip() or None if split_col else None
+        cases.append(SourceCase(case_id, [image], target=index[value], split=split))
     return SourceScan("csv", "classification", cases, labels=dict(enumerate(names)))
+
+
+def _is_integer(text: str) -> bool:
+    return bool(re.fullmatch(r"-?[0-9]{1,18}", text))
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -509,7 +683,7 @@ def _convert_label(
     """Write one label; threshold 8-bit 0/255 masks when asked. Returns (relative path, values, thresholded)."""
     assert sc.label is not None
     rel = f"labelsTr/{sc.case_id}.nii.gz"
-    if sc.label.name.endswith(".nii.gz") and not infer:
+    if sc.label.name.endswith(".nii.gz") and not infer and sc.label.is_file():
         shutil.copyfile(sc.label, staging / rel)
         return rel, set(), False
     label = read_image(sc.label)
@@ -527,6 +701,26 @@ def _convert_label(
     write_image(label.with_array(array), staging / rel)
     values = set(np.unique(array).astype(np.int64).tolist()) if array.dtype.kind in "iub" else set()
     return rel, values, threshold is not None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+def _npz_array(data: Any, key: str, source: Path) -> np.ndarray:
+    """One array of an npz archive; object arrays (pickles) and damaged members are one-line errors."""
+    try:
+        return np.asarray(data[key])
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise VesaliusError(
+                f"'{key}' holds pickled Python objects, which are never loaded (they could run code)",
+                source,
+                "save the arrays as plain numbers (numpy.savez with numeric arrays)",
+            ) from None
+        raise VesaliusError(f"cannot read '{key}' ({_one_line(e)})", source, "download the file again") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+        raise VesaliusError(f"cannot read '{key}' ({_one_line(e)})", source, "download the file again") from None
 
 
 def _target_type(requested: str, num_classes: int, *, multilabel: bool, source: Path) -> str:
@@ -550,21 +744,35 @@ def _convert_npz(
 ) -> tuple[Dataset, list[Problem], dict[str, str]]:
     """MedMNIST ``.npz``: every sample of every split becomes a NIfTI file (unit spacing)."""
     try:
-        data = np.load(source)
-    except (OSError, ValueError) as e:
-        raise VesaliusError(f"cannot read npz ({e})", source, "download the file again") from None
+        data = np.load(source, allow_pickle=False)  # pickled objects could run code: never loaded
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise VesaliusError(f"cannot read npz ({_one_line(e)})", source, "download the file again") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise VesaliusError("a single .npy array, not an .npz archive", source, "expected a MedMNIST .npz file")
     splits = [k[: -len("_images")] for k in data.files if k.endswith("_images")]
     if not splits:
         raise VesaliusError("no '<split>_images' arrays", source, "expected a MedMNIST file (train_images, ...)")
+    for split in splits:
+        check_case_id(f"{split}_00000", source, f"array '{split}_images'")
     (staging / "imagesTr").mkdir()
     cases: list[Case] = []
     ndim, rgb, classes = None, False, set()
     num_flags: int | None = None  # multi-label: labels per case
     for split in splits:
-        images, key = data[f"{split}_images"], f"{split}_labels"
+        key = f"{split}_labels"
         if key not in data.files:
             raise VesaliusError(f"'{split}_images' has no '{key}'", source, "the file is incomplete")
-        targets = data[key]
+        images, targets = _npz_array(data, f"{split}_images", source), _npz_array(data, key, source)
+        if images.dtype.kind not in "biuf" or images.ndim < 3:
+            raise VesaliusError(
+                f"'{split}_images' holds {images.dtype} values of shape {images.shape}",
+                source,
+                "expected numbers of shape (N,H,W[,3]) or (N,D,H,W)",
+            )
+        if targets.dtype.kind not in "biuf" or not np.all(np.isfinite(targets)) or np.any(targets != np.round(targets)):
+            raise VesaliusError(f"'{key}' holds values that are not whole numbers", source, "give class indices")
+        if images.dtype.kind == "b" or images.dtype == np.float16:  # types NIfTI (ITK) cannot write
+            images = images.astype(np.uint8 if images.dtype.kind == "b" else np.float32)
         if targets.ndim == 2 and targets.shape[1] == 1:
             targets = targets[:, 0]
         if targets.ndim == 2:

@@ -190,9 +190,9 @@ def segment_files(
 
             labels = labels.with_array(apply_postprocessing(labels.array[0], postprocessing)[None])
         path = output_path(output, case, single)
-        written.append(write_image(labels, path))
-        if case.is_dicom_series:  # also a DICOM-SEG that references the series
+        if case.is_dicom_series:  # also a DICOM-SEG that references the series (first: it may be refused)
             _write_seg(labels, case, path.parent / f"{case.case_id}_seg.dcm", trained.labels)
+        written.append(write_image(labels, path))
         if probs is not None:
             write_image(probs, path.parent / f"{case.case_id}_probabilities.nii.gz")
         case.seconds = time.perf_counter() - start

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
@@ -144,7 +145,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
 
     Raises:
         VesaliusError: the folder is missing or holds no series, holds several and ``series_uid`` is not
-            given, ``series_uid`` is not there, or the files cannot be read.
+            given, ``series_uid`` is not there, the files cannot be read, the series is larger than
+            :func:`~vesalius.io.read_write.max_voxels`, or its spacing or orientation tags are invalid.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -172,6 +174,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
             )
         chosen = matches[0]
 
+    _check_header(chosen, folder)
     _check_slice_gaps(chosen, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
@@ -247,6 +250,57 @@ def _check_writable(img: sitk.Image) -> None:
             "image direction is not orthonormal (a sheared grid), which DICOM cannot describe",
             remedy="resample the image onto an orthonormal grid first",
         )
+
+
+def _check_header(series: SeriesInfo, folder: Path) -> None:
+    """Refuse, before GDCM allocates the volume, a series larger than :func:`~vesalius.io.read_write.max_voxels`
+    and pixel spacing or orientation tags that GDCM would silently replace (a zero PixelSpacing is read as 1 mm)."""
+    from vesalius.io.read_write import GEOMETRY_TOLERANCE, MAX_VOXELS_ENV, max_voxels
+
+    try:
+        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True, force=True)
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        spacing = [float(v) for v in ds.get("PixelSpacing", None) or []]
+        orientation = [float(v) for v in ds.get("ImageOrientationPatient", None) or []]
+    except (OSError, ValueError, TypeError, AttributeError, InvalidDicomError) as err:
+        raise VesaliusError(
+            f"cannot read the header of {Path(series.files[0]).name} ({' '.join(str(err).split())[:200]})",
+            file=folder,
+            remedy="check that the files are complete (re-export or re-copy the series)",
+        ) from None
+    voxels = rows * columns * frames * samples * series.num_files
+    if voxels > max_voxels():
+        raise VesaliusError(
+            f"series {series.uid} declares {voxels:,} voxel values ({series.num_files} files of {rows} x {columns}"
+            f" x {frames} frames), more than the limit of {max_voxels():,}",
+            file=folder,
+            remedy=f"if the series is genuine, raise the limit with {MAX_VOXELS_ENV}",
+        )
+    remedy = "fix the tags with the tool that wrote the series, or export it again"
+    if spacing and (len(spacing) != 2 or not all(np.isfinite(spacing)) or min(spacing) <= 0):
+        raise VesaliusError(
+            f"invalid PixelSpacing {spacing} in {Path(series.files[0]).name}: it must be two positive numbers",
+            file=folder,
+            remedy=remedy,
+        )
+    if orientation:
+        axes = np.asarray(orientation, dtype=np.float64)
+        if axes.size != 6 or not np.all(np.isfinite(axes)):
+            raise VesaliusError(
+                f"invalid ImageOrientationPatient {orientation} in {Path(series.files[0]).name}: not six numbers",
+                file=folder,
+                remedy=remedy,
+            )
+        axes = axes.reshape(2, 3)
+        if np.abs(axes @ axes.T - np.eye(2)).max() > GEOMETRY_TOLERANCE:
+            raise VesaliusError(
+                f"ImageOrientationPatient {orientation} in {Path(series.files[0]).name} is not two perpendicular "
+                "unit vectors (a sheared or degenerate grid)",
+                file=folder,
+                remedy=remedy,
+            )
 
 
 def _check_slice_gaps(series: SeriesInfo, folder: Path) -> None:

@@ -9,9 +9,11 @@ slice order (:attr:`~vesalius.io.dicom.SeriesInfo.files`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,13 +46,15 @@ def write_dicom_seg(
         ``path``.
 
     Raises:
-        VesaliusError: the label map does not match the series' slices, rows or columns.
+        VesaliusError: the label map does not match the series' slices, rows or columns, or the series lacks
+            tags a DICOM-SEG needs. A series without a Frame of Reference UID gets a new one, with a warning.
     """
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     sources = [pydicom.dcmread(str(f)) for f in series_files]
+    _give_frame_of_reference(sources, series_files)
     mask = np.asarray(labels.array)[0]
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     if mask.ndim != 3 or mask.shape != (columns, rows, len(sources)):
@@ -76,7 +80,43 @@ def write_dicom_seg(
         )
         for number, value in enumerate(values, start=1)
     ]
-    seg = hd.seg.Segmentation(
+    try:
+        seg = _segmentation(hd, sources, frames, segments, description)
+    except (ValueError, TypeError, AttributeError) as e:  # highdicom validates the sources against the standard
+        raise VesaliusError(
+            f"cannot build a DICOM-SEG for this series ({' '.join(str(e).split())[:200]})",
+            series_files[0],
+            "the series lacks tags a DICOM-SEG needs; use the NIfTI label map written next to it",
+        ) from None
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return path
+
+
+def _give_frame_of_reference(sources: list[Any], series_files: Sequence[str | Path]) -> None:
+    """Give the (in-memory) source datasets one new FrameOfReferenceUID when the series has none.
+
+    A DICOM-SEG of several frames must name a frame of reference (highdicom refuses otherwise). The files on disk
+    are not touched; the SEG then refers to a frame of reference the series itself does not carry, so viewers
+    place it by the referenced instances only; a warning says so.
+    """
+    from pydicom.uid import generate_uid
+
+    if all(getattr(ds, "FrameOfReferenceUID", None) for ds in sources):
+        return
+    uid = generate_uid()
+    warnings.warn(
+        f"{series_files[0]}: the series has no Frame of Reference UID; the DICOM-SEG gets a new one ({uid}), so "
+        "viewers can align it with the series only through the referenced images",
+        stacklevel=3,
+    )
+    for ds in sources:
+        ds.FrameOfReferenceUID = uid
+
+
+def _segmentation(hd: Any, sources: list[Any], frames: np.ndarray, segments: list[Any], description: str) -> Any:
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -91,7 +131,3 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=description[:64],
     )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return path

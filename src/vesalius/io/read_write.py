@@ -11,9 +11,12 @@ channels). PNG, JPEG and BMP cannot store spacing, origin or direction; JPEG is 
 
 from __future__ import annotations
 
+import math
+import os
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,7 +66,12 @@ def read_image(path: str | Path, *, canonical: bool | str = False, series_uid: s
         An :class:`Image` with ``array`` of shape ``(C, X, Y[, Z])``.
 
     Raises:
-        VesaliusError: missing, unreadable or unsupported file, or an ambiguous DICOM folder.
+        VesaliusError: missing, unreadable or unsupported file, an ambiguous DICOM folder, a header that declares
+            more voxels than allowed (:func:`max_voxels`) or more data than the file can hold
+            (:func:`_check_declared_size`), or invalid geometry (:func:`check_geometry`).
+
+    The header is read first and checked before any voxel is: a corrupt or hostile header (a 250 KB file that
+    declares 10^9 voxels) is refused at once instead of making ITK allocate gigabytes first.
     """
     import SimpleITK as sitk
 
@@ -82,13 +90,26 @@ def read_image(path: str | Path, *, canonical: bool | str = False, series_uid: s
                 path,
                 f"use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM series folder",
             )
-        nifti = _nifti_bytes(path) if image_suffix(path) in (".nii", ".nii.gz") else None
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
         try:
-            itk = sitk.ReadImage(str(path))
+            reader.ReadImageInformation()  # the header only: sizes and geometry are checked before any voxel
+        except RuntimeError as e:
+            if path.name.lower().endswith(".gz"):
+                _check_gzip_stream(path)  # a truncated or corrupt gzip file says so rather than ITK's puzzlement
+            raise VesaliusError(f"cannot read image ({_itk_reason(e)})", path, _read_remedy(path)) from None
+        _check_declared_size(path, reader)
+        check_geometry(path, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+        nifti = _nifti_bytes(path) if image_suffix(path) in (".nii", ".nii.gz") else None
+        if nifti is not None:
+            _check_nifti_geometry(path, nifti)
+        try:
+            itk = reader.Execute()
         except RuntimeError as e:
             raise VesaliusError(f"cannot read image ({_itk_reason(e)})", path, _read_remedy(path)) from None
         if nifti is not None:
             _check_nifti_size(path, itk, nifti)
+    check_geometry(path, itk.GetSpacing(), itk.GetOrigin(), itk.GetDirection())
     image = from_sitk(itk)
     if nifti is not None and image.array.dtype.kind == "f":
         image = _restore_non_finite(nifti, image)
@@ -96,6 +117,225 @@ def read_image(path: str | Path, *, canonical: bool | str = False, series_uid: s
         target = CANONICAL_ORIENTATION if canonical is True else str(canonical)
         image = reorient(image, target)
     return image
+
+
+MAX_VOXELS_ENV = "VESALIUS_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 2**31
+COMPRESSION_RATIO_LIMIT = 2000
+"""Largest accepted ratio of declared voxel bytes to (compressed) file bytes.
+
+Deflate (gzip, zlib, PNG) cannot compress better than about 1032:1 and LZW (TIFF) about 1365:1, so no genuine
+file exceeds 2000:1, not even an all-zero label map; a header declaring more is corrupt or hostile (a
+decompression bomb). 1000:1 would be too tight: a large empty label map in ``.nii.gz`` reaches about 1030:1.
+bzip2 (NRRD ``encoding: bzip2``) can exceed it legitimately and is only held to :func:`max_voxels`.
+"""
+GEOMETRY_TOLERANCE = 1e-3
+"""Largest deviation of the direction columns' dot products from the identity accepted as orthonormal (rounding
+in text headers and float32 NIfTI matrices stays far below; a real shear of 0.06 degrees is above)."""
+
+
+def max_voxels() -> int:
+    """The largest image (voxels x components) :func:`read_image` will allocate: ``$VESALIUS_MAX_VOXELS``, default
+    ``2**31`` (8 GiB of float32, more than any CT or MRI volume), so that a corrupt header cannot exhaust memory.
+    Raise it for genuinely larger images (light-sheet microscopy, whole-slide pictures)."""
+    text = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise VesaliusError(
+            f"{MAX_VOXELS_ENV}={text!r} is not a positive whole number",
+            remedy=f"set it to a number of voxels such as {DEFAULT_MAX_VOXELS}, or unset it",
+        )
+    return value
+
+
+def check_geometry(
+    path: str | Path, spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
+) -> None:
+    """Raise unless spacing is finite and positive, the origin finite and the direction matrix orthonormal.
+
+    ITK is inconsistent here: depending on the format it refuses a zero spacing, reads it as 1 mm, turns a
+    negative spacing into a flipped direction, or passes a sheared or NaN direction on; any of these would put the
+    voxels somewhere else in the world than the file's author meant, so they are refused, naming the file.
+    """
+    spacing_a = np.asarray(spacing, dtype=np.float64)
+    n = spacing_a.size
+    remedy = "fix the header (spacing, origin and direction) with the tool that wrote the file, or export it again"
+    if not np.all(np.isfinite(spacing_a)) or np.any(spacing_a <= 0):
+        raise VesaliusError(
+            f"invalid voxel spacing {_numbers(spacing_a)}: spacing must be finite and positive", path, remedy
+        )
+    if not np.all(np.isfinite(np.asarray(origin, dtype=np.float64))):
+        raise VesaliusError(f"invalid origin {_numbers(origin)}: it must be finite", path, remedy)
+    matrix = np.asarray(direction, dtype=np.float64)
+    if matrix.size != n * n or not np.all(np.isfinite(matrix)):
+        raise VesaliusError(f"invalid direction matrix {_numbers(matrix)}: it holds NaN or Inf", path, remedy)
+    matrix = matrix.reshape(n, n)
+    if np.abs(matrix.T @ matrix - np.eye(n)).max() > GEOMETRY_TOLERANCE:
+        raise VesaliusError(
+            f"direction matrix {_numbers(matrix.ravel())} is not orthonormal (sheared or degenerate axes)",
+            path,
+            "resample the image onto an orthogonal grid, or " + remedy,
+        )
+
+
+def _numbers(values: Sequence[float] | np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in np.asarray(values, dtype=np.float64).ravel()) + ")"
+
+
+def _component_bytes(reader: sitk.ImageFileReader) -> int:
+    import SimpleITK as sitk
+
+    try:
+        return int(sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), 1).GetSizeOfPixelComponent())
+    except RuntimeError:  # an unusual pixel type: assume the smallest, which makes the checks the most lenient
+        return 1
+
+
+def _check_declared_size(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Raise, before any voxel is read, when the header declares an image that is too large or cannot be in the file.
+
+    Refused: more voxels (x components) than :func:`max_voxels`; for uncompressed storage, more voxel bytes than
+    the data file holds; for compressed storage (``.nii.gz``, gzip NRRD, compressed MetaImage, pictures), more than
+    :data:`COMPRESSION_RATIO_LIMIT` times the file's size. A file whose storage cannot be worked out (detached
+    data in several files) is held to the voxel limit only.
+    """
+    size = [int(s) for s in reader.GetSize()]
+    voxels = math.prod(size) * max(int(reader.GetNumberOfComponents()), 1)
+    limit = max_voxels()
+    if voxels > limit:
+        raise VesaliusError(
+            f"the header declares {'x'.join(map(str, size))} voxels ({voxels:,} values), more than the limit of "
+            f"{limit:,}",
+            path,
+            f"if the image is genuine, raise the limit with {MAX_VOXELS_ENV}; otherwise the header is corrupt",
+        )
+    declared = voxels * _component_bytes(reader)
+    stored, kind = _storage(path)
+    if stored is None:
+        return
+    if kind == "raw" and declared > stored:
+        raise VesaliusError(
+            f"truncated {_FORMAT_NAMES.get(image_suffix(path), 'file')}: the header declares {declared:,} bytes of "
+            f"voxel data but the file holds only {stored:,}",
+            path,
+            _read_remedy(path),
+        )
+    if kind == "compressed" and declared > COMPRESSION_RATIO_LIMIT * stored:
+        raise VesaliusError(
+            f"the header declares {declared:,} bytes of voxel data, over {COMPRESSION_RATIO_LIMIT} times the "
+            f"{stored:,} bytes of the compressed file (no compression achieves that)",
+            path,
+            "the header is corrupt; " + _read_remedy(path),
+        )
+
+
+_FORMAT_NAMES = {".nii": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage"}
+
+
+def _storage(path: Path) -> tuple[int | None, str]:
+    """(bytes of the file holding the voxels, ``"raw"`` / ``"compressed"`` / ``"unknown"``) for the size check."""
+    suffix = image_suffix(path)
+    if suffix == ".nii":
+        return path.stat().st_size, "raw"
+    if suffix in (".nii.gz", *PICTURE_SUFFIXES):
+        return path.stat().st_size, "compressed"
+    if suffix in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        fields = _text_header(path, "=" if suffix in (".mha", ".mhd") else ":")
+        if suffix in (".mha", ".mhd"):
+            data_file = fields.get("elementdatafile", "LOCAL")
+            kind = "compressed" if fields.get("compresseddata", "false").lower() == "true" else "raw"
+        else:
+            data_file = fields.get("data file", fields.get("datafile", "LOCAL"))
+            encoding = fields.get("encoding", "raw").lower()
+            kind = {"raw": "raw", "gzip": "compressed", "gz": "compressed"}.get(encoding, "unknown")
+        if data_file.upper() == "LOCAL":
+            return path.stat().st_size, kind
+        if " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
+            return None, "unknown"  # data in several files
+        data = Path(data_file) if Path(data_file).is_absolute() else path.parent / data_file
+        return (data.stat().st_size, kind) if data.is_file() else (None, "unknown")
+    return None, "unknown"
+
+
+def _text_header(path: Path, separator: str) -> dict[str, str]:
+    """The ``key: value`` (NRRD) or ``Key = Value`` (MetaImage) fields of a text header, keys in lower case."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    fields: dict[str, str] = {}
+    for raw_line in head.split(b"\n"):
+        line = raw_line.decode("latin-1").strip()
+        if not line and separator == ":":
+            break  # NRRD: a blank line ends the header
+        key, sep, value = line.partition(":=" if ":=" in line else separator)
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+        if key.strip().lower() == "elementdatafile":
+            break  # MetaImage: the last field before the data
+    return fields
+
+
+def _check_nifti_geometry(path: Path, content: bytes) -> None:
+    """Raise on the NIfTI header values that ITK silently replaces: a zero or non-finite ``pixdim`` (read as 1 mm),
+    a negative one (read as a flipped axis), non-finite qform parameters or sform rows, and a sheared or degenerate
+    sform (ITK then falls back to the qform, so two readers would place the voxels differently)."""
+    head = _nifti_geometry_fields(content)
+    if head is None:
+        return
+    ndim, pixdim, qform_code, quatern, sform_code, srow = head
+    remedy = "fix the header with the tool that wrote the file (e.g. nibabel), or export it again"
+    spatial = min(ndim, 3)
+    for i in range(spatial):
+        value = pixdim[i + 1]
+        if not math.isfinite(value) or value <= 0:
+            raise VesaliusError(
+                f"invalid voxel spacing pixdim[{i + 1}] = {value:g} in the NIfTI header: must be finite and positive",
+                path,
+                remedy,
+            )
+    if qform_code > 0 and not all(math.isfinite(v) for v in quatern):
+        raise VesaliusError("the NIfTI qform holds NaN or Inf", path, remedy)
+    if sform_code > 0:
+        rows = np.asarray(srow, dtype=np.float64).reshape(3, 4)
+        if not np.all(np.isfinite(rows)):
+            raise VesaliusError("the NIfTI sform holds NaN or Inf", path, remedy)
+        columns = rows[:, :spatial]
+        norms = np.linalg.norm(columns, axis=0)
+        if np.any(norms == 0):
+            raise VesaliusError("the NIfTI sform is degenerate (an axis of length 0)", path, remedy)
+        unit = columns / norms
+        if np.abs(unit.T @ unit - np.eye(spatial)).max() > GEOMETRY_TOLERANCE:
+            raise VesaliusError(
+                "the NIfTI sform is sheared (its axes are not perpendicular), which ITK would replace by the qform",
+                path,
+                "resample the image onto an orthogonal grid, or " + remedy,
+            )
+
+
+def _nifti_geometry_fields(
+    content: bytes,
+) -> tuple[int, tuple[float, ...], int, tuple[float, ...], int, tuple[float, ...]] | None:
+    """(dim[0], pixdim[0..7], qform_code, quatern b c d + offsets, sform_code, srow x y z) of NIfTI-1 or NIfTI-2."""
+    for e in "<>":
+        if len(content) >= 348 and struct.unpack(f"{e}i", content[:4])[0] == 348:
+            (ndim,) = struct.unpack(f"{e}h", content[40:42])
+            pixdim = struct.unpack(f"{e}8f", content[76:108])
+            qform_code, sform_code = struct.unpack(f"{e}2h", content[252:256])
+            quatern = struct.unpack(f"{e}6f", content[256:280])
+            srow = struct.unpack(f"{e}12f", content[280:328])
+            return ndim, pixdim, qform_code, quatern, sform_code, srow
+        if len(content) >= 540 and struct.unpack(f"{e}i", content[:4])[0] == 540:
+            (ndim,) = struct.unpack(f"{e}q", content[16:24])
+            pixdim = struct.unpack(f"{e}8d", content[104:168])
+            qform_code, sform_code = struct.unpack(f"{e}2i", content[344:352])
+            quatern = struct.unpack(f"{e}6d", content[352:400])
+            srow = struct.unpack(f"{e}12d", content[400:496])
+            return int(ndim), pixdim, qform_code, quatern, sform_code, srow
+    return None
 
 
 def reorient(image: Image, orientation: str) -> Image:
@@ -194,6 +434,22 @@ def _nifti_bytes(path: Path) -> bytes:
     if not decompressor.eof:
         raise VesaliusError("truncated gzip file (it ends early)", path, _read_remedy(path))
     return b"".join(parts)
+
+
+def _check_gzip_stream(path: Path) -> None:
+    """Raise if ``path`` is not a complete, valid gzip stream; the decompressed data is discarded as it comes, so
+    memory stays bounded whatever the file declares."""
+    decompressor = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as f:
+            while (chunk := f.read(1 << 20)) and not decompressor.eof:
+                decompressor.decompress(chunk, 1 << 24)
+                while decompressor.unconsumed_tail and not decompressor.eof:
+                    decompressor.decompress(decompressor.unconsumed_tail, 1 << 24)
+    except zlib.error as e:
+        raise VesaliusError(f"corrupt gzip data ({e})", path, _read_remedy(path)) from None
+    if not decompressor.eof:
+        raise VesaliusError("truncated gzip file (it ends early)", path, _read_remedy(path))
 
 
 def _check_nifti_size(path: Path, itk: sitk.Image, content: bytes) -> None:
