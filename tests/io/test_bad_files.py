@@ -3,6 +3,7 @@ reference. Each is a one-line :class:`VesaliusError` naming the file and saying 
 
 from __future__ import annotations
 
+import json
 import struct
 import warnings
 from pathlib import Path
@@ -229,3 +230,44 @@ def test_dicom_seg_of_a_normal_series_does_not_warn(series, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         write_dicom_seg(labels, list_series(series)[0].files, tmp_path / "seg.dcm", {1: "lesion"})
+
+
+def test_a_full_disk_leaves_the_previous_file_intact_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import torch
+
+    from vesalius.errors import VesaliusError
+    from vesalius.io.atomic import write_bytes_atomic, write_json_atomic
+    from vesalius.model_package import save_checkpoint
+
+    target = tmp_path / "summary.json"
+    write_json_atomic(target, {"dice": 0.9})
+    original = Path.write_bytes
+
+    def full(self: Path, data: bytes) -> int:
+        original(self, data[: len(data) // 2])  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(VesaliusError, match=r"disk is full \(the previous version is intact\)"):
+        write_json_atomic(target, {"dice": 0.1})
+    with pytest.raises(VesaliusError, match=r"nothing was written"):
+        write_bytes_atomic(tmp_path / "new.csv", b"a,b\n")
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"dice": 0.9}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temporary file left
+
+    checkpoint = tmp_path / "checkpoint_latest.pt"
+    save_checkpoint(checkpoint, {"iteration": 1})
+
+    def torch_full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file: No space left on device"
+        )
+
+    monkeypatch.setattr(torch, "save", torch_full)
+    with pytest.raises(VesaliusError, match="disk is full"):
+        save_checkpoint(checkpoint, {"iteration": 2})
+    monkeypatch.undo()
+    assert torch.load(checkpoint, weights_only=True) == {"iteration": 1}

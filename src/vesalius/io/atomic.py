@@ -1,11 +1,14 @@
 """Atomic file writes: write under a temporary name in the target folder, then rename over the target.
 
-A reader (or a killed run) sees either the old file or the complete new one, never a partial file. The temporary
-file gets the permissions a plainly created file would have (``0o666`` minus the umask), not ``mkstemp``'s 0600.
+A reader (or a killed run) sees either the old file or the complete new one, never a partial file. A full disk
+ends in a one-line :class:`~vesalius.errors.VesaliusError` that says whether an earlier version survives. The
+temporary file gets the permissions a plainly created file would have (``0o666`` minus the umask), not
+``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from vesalius.errors import VesaliusError
 
 __all__ = ["atomic_path", "write_bytes_atomic", "write_json_atomic"]
 
@@ -41,6 +46,12 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # writers report a full disk as OSError, or (torch, ITK) in their text
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e)
+        if not full:
+            raise
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        raise VesaliusError(f"the disk is full ({kept})", path, "free some space and run again") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
