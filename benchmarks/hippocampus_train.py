@@ -98,8 +98,8 @@ def run_vesalius(data_dir: Path, work_dir: Path, budget_s: float, fold: int, thr
     t = time.perf_counter()
     summary = validate_fold(result.run_dir, ws)
     timings["validate_s"] = time.perf_counter() - t
+    from vesalius.io.schema import to_json
     from vesalius.model_package import ModelPackage
-    from vesalius.planning.schema import to_json
 
     package = ModelPackage(result.run_dir)
     trained = package.trained.configuration

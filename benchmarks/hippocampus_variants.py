@@ -122,8 +122,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def main() -> None:
+    from vesalius.io.schema import to_json
     from vesalius.planning.plan import Plan
-    from vesalius.planning.schema import to_json
     from vesalius.workspace import Workspace
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -27,10 +27,10 @@ import torch
 from common import emit_json
 from vesalius.inference.segmentation import predict_image
 from vesalius.io import Geometry, Image
+from vesalius.io.schema import from_json
 from vesalius.model_package import TrainedSegmentation
 from vesalius.models import build_network
 from vesalius.planning.plan import Configuration, Normalization
-from vesalius.planning.schema import from_json
 
 CONFIG = {
     "spacing": [1.0, 1.0, 1.0],

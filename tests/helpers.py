@@ -12,6 +12,7 @@ from torch import nn
 
 from vesalius.data.synthetic import make_classification_case
 from vesalius.io import Geometry, Image
+from vesalius.io.schema import from_json
 from vesalius.model_package import ModelPackage, TrainedClassification, TrainedSegmentation
 from vesalius.planning.plan import (
     Budget,
@@ -22,7 +23,6 @@ from vesalius.planning.plan import (
     Plan,
     TrainingSuggestion,
 )
-from vesalius.planning.schema import from_json
 
 SIDE = 32  # side of the synthetic_npz images
 

@@ -20,7 +20,7 @@ Layout::
     report.html            the run's report
 
 Checkpoints are written atomically and loaded with ``weights_only=True``. The trained configuration is a typed
-document (:mod:`vesalius.planning.schema`): a hand-edited ``model.json`` with a wrong key gets a one-line error.
+document (:mod:`vesalius.io.schema`): a hand-edited ``model.json`` with a wrong key gets a one-line error.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import atomic_path, write_json_atomic
+from vesalius.io.schema import load_document, to_json
 from vesalius.planning.plan import (
     ClassificationPlan,
     ClassifierNetwork,
@@ -43,7 +44,6 @@ from vesalius.planning.plan import (
     Plan,
     load_any_plan,
 )
-from vesalius.planning.schema import load_document, to_json
 
 __all__ = [
     "CHECKPOINTS",

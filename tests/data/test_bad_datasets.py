@@ -55,15 +55,16 @@ def _edit(folder: Path, change) -> Path:  # type: ignore[no-untyped-def]
     ("change", "match"),
     [
         (lambda d: [d], "JSON array"),
-        (lambda d: d | {"labels": ["background", "liver"]}, "'labels'"),
-        (lambda d: d | {"labels": {"one": "liver"}}, "'labels' entry"),
-        (lambda d: d | {"cases": "all"}, "'cases'"),
-        (lambda d: d | {"spatial_dims": "3"}, "'spatial_dims'"),
-        (lambda d: d | {"task": "detection"}, "'task'"),
-        (lambda d: d | {"extra": 1}, "unknown key 'extra'"),
-        (lambda d: {k: v for k, v in d.items() if k != "channels"}, "missing key 'channels'"),
+        (lambda d: d | {"labels": ["background", "liver"]}, "labels: expected an object"),
+        (lambda d: d | {"labels": {"one": "liver"}}, "labels.one: expected an integer key"),
+        (lambda d: d | {"cases": "all"}, "cases: expected a list"),
+        (lambda d: d | {"spatial_dims": "3"}, "spatial_dims: expected an integer"),
+        (lambda d: d | {"task": "detection"}, "task: expected one of"),
+        (lambda d: d | {"extra": 1}, "extra: unknown key"),
+        (lambda d: {k: v for k, v in d.items() if k != "channels"}, "channels: missing"),
         (lambda d: d | {"cases": [{k: v for k, v in d["cases"][0].items() if k != "images"}]}, "cases\\[0\\].images"),
         (lambda d: d | {"cases": [d["cases"][0] | {"label": 5}]}, "cases\\[0\\].label"),
+        (lambda d: d | {"cases": [d["cases"][0] | {"images": []}]}, "cases\\[0\\].images: a case needs"),
         (lambda d: d | {"cases": [d["cases"][0] | {"target": "x"}]}, "cases\\[0\\].target"),
         (lambda d: d | {"cases": [d["cases"][0] | {"case_id": "../../x"}]}, "invalid case id"),
         (lambda d: d | {"cases": [d["cases"][0] | {"case_id": "sub/x"}]}, "invalid case id"),
@@ -83,11 +84,11 @@ def test_verify_command_on_a_broken_dataset_json(imported, workspace, capsys):
     _edit(imported, lambda d: d | {"labels": []})
     assert main(["verify", "tiny", "-w", str(workspace)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "'labels'" in err and "dataset.json" in err
+    assert err.startswith("error: ") and "labels: expected an object" in err and "dataset.json" in err
 
 
 def test_from_json_without_a_file_names_dataset_json():
-    with pytest.raises(VesaliusError, match=r"dataset\.json.*missing key 'name'"):
+    with pytest.raises(VesaliusError, match=r"dataset\.json.*name: missing"):
         Dataset.from_json({})
 
 

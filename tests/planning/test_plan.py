@@ -10,8 +10,8 @@ import pytest
 from tests.helpers import segmentation_plan
 from vesalius.cli import main
 from vesalius.errors import VesaliusError
+from vesalius.io.schema import SchemaError, from_json
 from vesalius.planning.plan import ClassificationPlan, Plan, load_any_plan
-from vesalius.planning.schema import SchemaError, from_json
 
 CONFIGURATIONS = {"3d": {"patch_size": [16, 16, 8], "strides": [[1, 1, 1], [2, 2, 1]], "kernels": [[3, 3, 3]] * 2,
                          "features": [8, 16], "mirror_axes": [0, 1]}}  # fmt: skip

@@ -14,9 +14,9 @@ import torch
 import vesalius
 from tests.helpers import copy_workspace
 from vesalius.inference import segmentation
+from vesalius.io.schema import to_json
 from vesalius.model_package import ModelPackage
 from vesalius.planning.planner import load_plan
-from vesalius.planning.schema import to_json
 
 pytestmark = pytest.mark.slow
 

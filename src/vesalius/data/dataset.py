@@ -18,6 +18,7 @@ import numpy as np
 from vesalius.errors import VesaliusError
 from vesalius.io import Image, read_image
 from vesalius.io.atomic import write_json_atomic
+from vesalius.io.schema import SchemaError, from_json
 
 Task = Literal["segmentation", "classification"]
 TargetType = Literal["binary", "multiclass", "multilabel", "ordinal"]
@@ -46,6 +47,11 @@ class Case:
     target: int | list[int] | None = None
     split: str | None = None
     source: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_case_id(self.case_id, strict=False)
+        if not self.images:
+            raise SchemaError("images", "a case needs at least one image file")
 
 
 @dataclass
@@ -81,6 +87,10 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     stray_files: list[str] = field(default_factory=list)
     target_type: TargetType | None = None
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise SchemaError("spatial_dims", f"expected 2 or 3, got {self.spatial_dims!r}")
 
     def path(self, relative: str) -> Path:
         """Absolute path of a case file."""
@@ -124,8 +134,15 @@ class Dataset:
                 (default ``root/dataset.json``) is named in the message.
         """
         where = file if file is not None else (root / "dataset.json" if root is not None else "dataset.json")
-        checked = _checked_fields(d, where)
-        return cls(**checked, root=root)
+        body = {k: v for k, v in d.items() if k != "vesalius_dataset"} if isinstance(d, dict) else d
+        try:
+            if isinstance(body, dict) and "root" in body:  # where the data set lies is never stored
+                raise SchemaError("root", "unknown key")
+            dataset = from_json(cls, body)
+        except SchemaError as e:
+            raise VesaliusError(str(e), where, "correct it, or re-import the data set") from None
+        dataset.root = root
+        return dataset
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/dataset.json`` atomically."""
@@ -206,119 +223,3 @@ def check_case_id(case_id: str, file: str | Path | None = None, where: str = "",
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-_DATASET_KEYS = {
-    "name": (True, "a string"),
-    "task": (True, "'segmentation' or 'classification'"),
-    "spatial_dims": (True, "2 or 3"),
-    "channels": (True, "a list of strings"),
-    "labels": (True, "an object mapping whole numbers to names"),
-    "cases": (True, "a list of cases"),
-    "source": (False, "an object of strings"),
-    "modalities": (False, "a list of strings"),
-    "notes": (False, "a list of strings"),
-    "stray_files": (False, "a list of strings"),
-    "target_type": (False, f"null or one of {', '.join(TARGET_TYPES)}"),
-}
-_CASE_KEYS = {
-    "case_id": (True, "a string"),
-    "images": (True, "a list of file paths"),
-    "label": (False, "a file path or null"),
-    "target": (False, "null, a class index or a list of 0/1 flags"),
-    "split": (False, "a string or null"),
-    "source": (False, "a list of strings"),
-}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_str_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _valid(key: str, value: Any, case: bool) -> bool:
-    if case and key == "source":
-        return _is_str_list(value)
-    checks = {
-        "name": lambda v: isinstance(v, str),
-        "task": lambda v: v in ("segmentation", "classification"),
-        "spatial_dims": lambda v: _is_int(v) and v in (2, 3),
-        "channels": _is_str_list,
-        "source": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-        "modalities": _is_str_list,
-        "notes": _is_str_list,
-        "stray_files": _is_str_list,
-        "target_type": lambda v: v is None or v in TARGET_TYPES,
-        "case_id": lambda v: isinstance(v, str),
-        "images": lambda v: _is_str_list(v) and len(v) > 0,
-        "label": lambda v: v is None or isinstance(v, str),
-        "target": lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(_is_int(x) for x in v)),
-        "split": lambda v: v is None or isinstance(v, str),
-    }
-    return bool(checks[key](value))
-
-
-def _checked_keys(d: Any, spec: dict[str, tuple[bool, str]], file: str | Path, prefix: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise VesaliusError(
-            f"{prefix or 'the file'} is a JSON {_json_type(d)}, not an object", file, "re-import the data set"
-        )
-    unknown = sorted(str(k) for k in d if k not in spec)
-    if unknown:
-        raise VesaliusError(f"unknown key {prefix}{unknown[0]!r}", file, "remove it, or re-import the data set")
-    for key, (required, _) in spec.items():
-        if required and key not in d:
-            raise VesaliusError(f"missing key '{prefix}{key}'", file, "re-import the data set")
-    for key, value in d.items():
-        if key not in ("labels", "cases") and not _valid(key, value, case=bool(prefix)):
-            raise VesaliusError(
-                f"'{prefix}{key}' must be {spec[key][1]}, not {_json_type(value)} {_short(value)}",
-                file,
-                "correct it, or re-import the data set",
-            )
-    return dict(d)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or np.isfinite(value) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _checked_fields(d: Any, file: str | Path) -> dict[str, Any]:
-    """The keyword arguments of :class:`Dataset` from a ``dataset.json`` object, each checked."""
-    if isinstance(d, dict):
-        d = {k: v for k, v in d.items() if k != "vesalius_dataset"}
-    out = _checked_keys(d, _DATASET_KEYS, file, "")
-    labels = out["labels"]
-    if not isinstance(labels, dict):
-        raise VesaliusError(
-            f"'labels' must be an object mapping whole numbers to names, not {_json_type(labels)} {_short(labels)}",
-            file,
-            'write it like {"0": "background", "1": "liver"}',
-        )
-    converted: dict[int, str] = {}
-    for k, v in labels.items():
-        if not re.fullmatch(r"-?\d{1,18}", str(k).strip()) or not isinstance(v, str):
-            raise VesaliusError(
-                f"'labels' entry {k!r}: {_short(v)} is not a whole number mapped to a name",
-                file,
-                'write it like {"0": "background", "1": "liver"}',
-            )
-        converted[int(k)] = v
-    out["labels"] = converted
-    if not isinstance(out["cases"], list):
-        raise VesaliusError(
-            f"'cases' must be a list of cases, not {_json_type(out['cases'])} {_short(out['cases'])}",
-            file,
-            "re-import the data set",
-        )
-    cases = []
-    for i, entry in enumerate(out["cases"]):
-        fields = _checked_keys(entry, _CASE_KEYS, file, f"cases[{i}].")
-        check_case_id(fields["case_id"], file, f"cases[{i}].case_id", strict=False)
-        cases.append(Case(**fields))
-    out["cases"] = cases
-    return out

@@ -4,7 +4,7 @@ A segmentation :class:`Plan` holds the normalisation per channel and one :class:
 training (``"3d"``, ``"2d"``): spacing, patch, batch, network topology, iterations, mirror axes. A
 :class:`ClassificationPlan` holds the input size, normalisation, network, optimiser and augmentation of a
 classifier. Both are written by :mod:`vesalius.planning.planner` and :mod:`vesalius.planning.classification` and
-may be edited by hand: loading checks every key and value (:mod:`vesalius.planning.schema`) and names the key of
+may be edited by hand: loading checks every key and value (:mod:`vesalius.io.schema`) and names the key of
 a wrong one in a one-line error.
 
 Only the planning package reads or writes plan JSON; everything else takes these objects. Training turns a plan
@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import write_json_atomic
-from vesalius.planning.schema import SchemaError, from_json, load_document, to_json
+from vesalius.io.schema import SchemaError, from_json, load_document, to_json
 
 __all__ = [
     "PLAN_VERSION",
@@ -49,7 +49,7 @@ class _PlanFile:
 
     @classmethod
     def from_json(cls: type[P], data: Any) -> P:
-        """A plan from parsed JSON; :class:`~vesalius.planning.schema.SchemaError` names a wrong key."""
+        """A plan from parsed JSON; :class:`~vesalius.io.schema.SchemaError` names a wrong key."""
         return from_json(cls, data)
 
     def save(self, path: Path) -> Path:

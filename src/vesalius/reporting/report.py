@@ -39,10 +39,10 @@ import numpy as np
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix
 from vesalius.io.atomic import write_bytes_atomic
+from vesalius.io.schema import to_json
 from vesalius.metrics.classification import roc_curve
 from vesalius.model_package import ModelPackage, TrainedClassification, TrainedSegmentation, is_model_package
 from vesalius.outputs import check_output
-from vesalius.planning.schema import to_json
 
 __all__ = ["SECTIONS", "build_report", "build_report_or_warn"]
 
