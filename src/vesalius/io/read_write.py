@@ -16,7 +16,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -423,29 +423,27 @@ def _nifti_bytes(path: Path) -> bytes:
     """
     if not path.name.lower().endswith(".gz"):
         return path.read_bytes()
-    decompressor = zlib.decompressobj(wbits=31)  # gzip container; validates CRC-32 and length at the end
-    parts = []
-    try:
-        with open(path, "rb") as f:
-            while (chunk := f.read(1 << 20)) and not decompressor.eof:
-                parts.append(decompressor.decompress(chunk))
-    except zlib.error as e:
-        raise VesaliusError(f"corrupt gzip data ({e})", path, _read_remedy(path)) from None
-    if not decompressor.eof:
-        raise VesaliusError("truncated gzip file (it ends early)", path, _read_remedy(path))
+    parts: list[bytes] = []
+    _gunzip(path, parts.append)
     return b"".join(parts)
 
 
 def _check_gzip_stream(path: Path) -> None:
     """Raise if ``path`` is not a complete, valid gzip stream; the decompressed data is discarded as it comes, so
     memory stays bounded whatever the file declares."""
-    decompressor = zlib.decompressobj(wbits=31)
+    _gunzip(path, lambda _part: None, limit=1 << 24)
+
+
+def _gunzip(path: Path, keep: Callable[[bytes], object], limit: int = 0) -> None:
+    """Decompress the gzip file ``path`` (CRC-32 and length checked at the end), handing each piece to ``keep``;
+    ``limit`` bounds each piece (0: unbounded). A corrupt or truncated stream is a one-line error."""
+    decompressor = zlib.decompressobj(wbits=31)  # gzip container; validates CRC-32 and length at the end
     try:
         with open(path, "rb") as f:
             while (chunk := f.read(1 << 20)) and not decompressor.eof:
-                decompressor.decompress(chunk, 1 << 24)
-                while decompressor.unconsumed_tail and not decompressor.eof:
-                    decompressor.decompress(decompressor.unconsumed_tail, 1 << 24)
+                keep(decompressor.decompress(chunk, limit))
+                while limit and decompressor.unconsumed_tail and not decompressor.eof:
+                    keep(decompressor.decompress(decompressor.unconsumed_tail, limit))
     except zlib.error as e:
         raise VesaliusError(f"corrupt gzip data ({e})", path, _read_remedy(path)) from None
     if not decompressor.eof:
