@@ -55,13 +55,14 @@ def _check_options(task: str, given: dict[str, Any], accepted: Any) -> None:
 
     if dataclasses.is_dataclass(accepted):
         known = {f.name for f in dataclasses.fields(accepted)}
-    else:
-        known = set(inspect.signature(accepted).parameters)
+    else:  # the options: keyword parameters with a default (not the inputs, not the progress callback)
+        parameters = inspect.signature(accepted).parameters.values()
+        known = {p.name for p in parameters if p.default is not p.empty and p.name != "on_case"} | {"on_case"}
     unknown = sorted(set(given) - known)
     if unknown:
         raise VesaliusError(
             f"{', '.join(unknown)} does not apply to {task}",
-            remedy=f"the options of {task}: {', '.join(sorted(known))}",
+            remedy=f"the options of {task}: {', '.join(sorted(known - {'on_case'}))}",
         )
 
 
