@@ -26,6 +26,8 @@ STEPS: list[tuple[str, ...]] = [
     ("training",),
     ("inference",),
     ("evaluation",),
+    ("runtime",),
+    ("deploy",),
     ("reporting",),
     ("viewer",),
     ("demo",),

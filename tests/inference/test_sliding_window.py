@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from tests.helpers import conv
-from vesalius.inference.sliding_window import predict_probabilities, tta_flips
+from vesalius.inference.sliding_window import predict_probabilities
+from vesalius.inference.windows import tta_flips
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -136,12 +136,8 @@ def validate_classifier(
     ``validation/summary.json`` in the run folder; Grad-CAM overlays of up to ``gradcam`` of them in
     ``validation/gradcam/`` (the most and the least confident predictions, half each: the report's gallery).
     ``None`` when the run has no validation cases."""
-    from vesalius.inference.classification import (
-        gradcam_for,
-        predict_probabilities,
-        write_explanation,
-        write_predictions_csv,
-    )
+    from vesalius.inference.classification import gradcam_for, predict_probabilities, write_explanation
+    from vesalius.inference.files import write_predictions_csv
     from vesalius.preprocessing.classification import prepare_images
 
     package = run_dir if isinstance(run_dir, ModelPackage) else ModelPackage(run_dir)

@@ -15,8 +15,6 @@ map on the image's own grid).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from vesalius.errors import VesaliusError
-from vesalius.inference.inputs import InputCase, check_finite, list_inputs, read_case
+from vesalius.inference.files import ModelInput, classify_cases
+from vesalius.inference.inputs import InputCase
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.io import write_image
-from vesalius.io.atomic import write_bytes_atomic
 from vesalius.model_package import TrainedClassification, find_packages
 from vesalius.models.classifiers import gradcam_layer, to_probabilities
-from vesalius.outputs import check_output
 from vesalius.precision import autocast_dtype
 from vesalius.preprocessing.classification import prepare_image
 
@@ -41,7 +38,6 @@ __all__ = [
     "gradcam_for",
     "predict_probabilities",
     "write_explanation",
-    "write_predictions_csv",
 ]
 
 
@@ -76,32 +72,6 @@ def _trained(model: LoadedModel) -> TrainedClassification:
     return trained
 
 
-def _predicted(probabilities: np.ndarray, names: list[str], target_type: str) -> str:
-    if target_type == "multilabel":
-        return ";".join(n for n, p in zip(names, probabilities, strict=True) if p >= 0.5)
-    return names[int(np.argmax(probabilities))]
-
-
-def write_predictions_csv(
-    path: Path,
-    case_ids: Sequence[str],
-    probabilities: np.ndarray,
-    names: list[str],
-    target_type: str,
-    files: Sequence[str] | None = None,
-) -> Path:
-    """The predictions CSV (see the module docstring), written atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case_id", "file", "predicted", *(f"p_{n}" for n in names)])
-    for i, case_id in enumerate(case_ids):
-        row = probabilities[i]
-        file = files[i] if files is not None else ""
-        writer.writerow([case_id, file, _predicted(row, names, target_type), *(f"{p:.6f}" for p in row)])
-    write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
-    return path
-
-
 def classify_files(
     source: str | Path,
     output: str | Path,
@@ -120,42 +90,19 @@ def classify_files(
     trained = first.trained
     if not isinstance(trained, TrainedClassification):
         raise VesaliusError("a segmentation model, not a classifier", first.root, "use 'vesalius predict'")
-    cases = list_inputs(source, len(trained.channels))
-    output = Path(output)
-    as_file = output.suffix.lower() == ".csv"
-    check_output(output, [source, model], kind="file" if as_file else "folder", suffixes=(".csv",) if as_file else ())
-    csv_path = output if as_file else output / "predictions.csv"
     models = load_ensemble(model, checkpoint, device)
     names = trained.class_names
-    rows = []
     cams = [(m, gradcam_for(m)) for m in models] if explain else []
-    for case in cases:
-        image = read_case(case)
-        check_finite(image, case)
-        if image.num_channels != len(trained.channels) or image.ndim != trained.spatial_dims:
-            raise VesaliusError(
-                f"a {image.ndim}D image with {image.num_channels} channel(s) for a {trained.spatial_dims}D model "
-                f"with {len(trained.channels)}",
-                case.files[0],
-                "give images like those the model was trained on",
-            )
+
+    def classify(image: Any, case: InputCase, folder: Path) -> np.ndarray:
         prepared = prepare_image(image.array, trained.normalization, trained.input_size)[None]
         probabilities = predict_probabilities(models, prepared, device=device, precision=precision)[0]
-        rows.append(probabilities)
         if explain:
-            write_explanation(
-                cams, prepared, image, probabilities, csv_path.parent / "gradcam", case.case_id, names, device
-            )
-        if on_case:
-            on_case(case)
-    return write_predictions_csv(
-        csv_path,
-        [c.case_id for c in cases],
-        np.asarray(rows),
-        names,
-        trained.target_type,
-        [str(c.files[0]) for c in cases],
-    )
+            write_explanation(cams, prepared, image, probabilities, folder / "gradcam", case.case_id, names, device)
+        return probabilities
+
+    inputs = ModelInput(len(trained.channels), trained.spatial_dims, Path(model))
+    return classify_cases(source, output, inputs, classify, names, trained.target_type, on_case=on_case)
 
 
 def gradcam_for(model: LoadedModel) -> Any:

@@ -7,16 +7,13 @@ probabilities) is mapped back by the exact inverse of the preprocessing, so it h
 origin and direction.
 
 Files (:func:`segment_files`, ``vesalius predict``): the inputs of :mod:`vesalius.inference.inputs`, with one fold
-or an ensemble of folds (their softmax probabilities are averaged). Each case's label map is written in the input's
-format and on its grid, named after the case (for a DICOM series a NIfTI file and a DICOM-SEG, ``CASE_seg.dcm``,
-referencing the series); optionally the probabilities (``CASE_probabilities.nii.gz``, one channel per class). The
-post-processing decided on the folds' validation cases is applied when all folds decided the same
+or an ensemble of folds (their softmax probabilities are averaged), written as :mod:`vesalius.inference.files`
+says. The post-processing decided on the folds' validation cases is applied when all folds decided the same
 (``postprocess=False`` leaves it out); ``fill_holes`` adds hole filling of every class.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,12 @@ import torch
 from torch import nn
 
 from vesalius.errors import VesaliusError
-from vesalius.inference.inputs import InputCase, check_finite, list_inputs, output_path, read_case
+from vesalius.inference.files import ModelInput, segment_cases
+from vesalius.inference.inputs import InputCase
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.inference.sliding_window import predict_probabilities
-from vesalius.io import Image, image_suffix, write_image
+from vesalius.io import Image
 from vesalius.model_package import TrainedSegmentation, find_packages
-from vesalius.outputs import check_output
 from vesalius.precision import autocast_dtype
 from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
 
@@ -104,15 +101,6 @@ def predict_image(
     return label_image, image.with_array(np.concatenate(classes, axis=0))
 
 
-def _write_seg(labels: Image, case: InputCase, path: Path, names: dict[int, str]) -> None:
-    """The label map of a DICOM series case as a DICOM-SEG of that series."""
-    from vesalius.io.dicom import list_series
-    from vesalius.io.dicom_seg import write_dicom_seg
-
-    (series,) = list_series(case.files[0])  # read_image has read exactly one series from this folder
-    write_dicom_seg(labels, series.files, path, names)
-
-
 def _postprocessing(models: list[LoadedModel]) -> dict[str, Any] | None:
     """The post-processing every fold of the ensemble decided on (the same operations), else None."""
     applied = []
@@ -151,29 +139,12 @@ def segment_files(
     trained = first.trained
     if not isinstance(trained, TrainedSegmentation):
         raise VesaliusError("a classifier, not a segmentation model", first.root, "use 'vesalius predict'")
-    channels = len(trained.channels)
-    cases = list_inputs(source, channels)
-    single = len(cases) == 1
-    output = check_output(output, [source, model], kind="file" if single and image_suffix(Path(output)) else "folder")
     models = load_ensemble(model, checkpoint, device)
     postprocessing = (_postprocessing(models) if postprocess else None) or {}
     if fill_holes:
         postprocessing["fill_holes"] = trained.foreground_labels
-    written = []
-    for case in cases:
-        start = time.perf_counter()
-        image = read_case(case)
-        check_finite(image, case)
-        if image.num_channels != channels:
-            raise VesaliusError(
-                f"the image has {image.num_channels} channels, the model needs {channels}",
-                case.files[0],
-                "give the channels the model was trained with",
-            )
-        if image.ndim != trained.spatial_dims:
-            raise VesaliusError(
-                f"a {image.ndim}D image for a {trained.spatial_dims}D model", case.files[0], "use a matching model"
-            )
+
+    def segment(image: Image) -> tuple[Image, Image | None]:
         result = predict_image(
             [m.network for m in models],
             image,
@@ -184,18 +155,9 @@ def segment_files(
             precision=precision,
             return_probabilities=probabilities,
         )
-        labels, probs = result if isinstance(result, tuple) else (result, None)
-        if postprocessing:
-            from vesalius.inference.postprocess import apply_postprocessing
+        return result if isinstance(result, tuple) else (result, None)
 
-            labels = labels.with_array(apply_postprocessing(labels.array[0], postprocessing)[None])
-        path = output_path(output, case, single)
-        if case.is_dicom_series:  # also a DICOM-SEG that references the series (first: it may be refused)
-            _write_seg(labels, case, path.parent / f"{case.case_id}_seg.dcm", trained.labels)
-        written.append(write_image(labels, path))
-        if probs is not None:
-            write_image(probs, path.parent / f"{case.case_id}_probabilities.nii.gz")
-        case.seconds = time.perf_counter() - start
-        if on_case:
-            on_case(case)
-    return written
+    inputs = ModelInput(len(trained.channels), trained.spatial_dims, Path(model))
+    return segment_cases(
+        source, output, inputs, segment, trained.labels, postprocessing=postprocessing, on_case=on_case
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from itertools import combinations
 
 import numpy as np
 import torch
@@ -21,19 +20,11 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from vesalius.inference.windows import tta_flips
 from vesalius.precision import memory_format
 
 GAUSSIAN_SIGMA_SCALE = 0.125
 """Sigma of the window weighting, as a fraction of the patch size along each axis."""
-
-
-def tta_flips(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """Every combination of the spatial axes in ``mirror_axes`` (0-based), the empty one (no flip) first.
-
-    ``tta_flips((0, 1))`` is ``[(), (0,), (1,), (0, 1)]``: ``2 ** len(mirror_axes)`` combinations.
-    """
-    axes = tuple(dict.fromkeys(int(a) for a in mirror_axes))
-    return [c for n in range(len(axes) + 1) for c in combinations(axes, n)]
 
 
 def predict_probabilities(
@@ -59,7 +50,8 @@ def predict_probabilities(
         step: distance between neighbouring windows as a fraction of the patch, in ``(0, 1]``; 0.5 means windows
             overlap by half.
         mirror_axes: the model's spatial axes (0-based) to mirror for test-time augmentation; all
-            ``2 ** len(mirror_axes)`` flip combinations are averaged (see :func:`tta_flips`).
+            ``2 ** len(mirror_axes)`` flip combinations are averaged (see
+            :func:`vesalius.inference.windows.tta_flips`).
         batch_size: number of windows per forward pass (each forward pass is repeated once per flip).
         device: where the model runs and the output is accumulated.
         autocast_dtype: run the model under :func:`torch.autocast` with this dtype (on a CPU with native bf16,

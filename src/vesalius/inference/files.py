@@ -1,0 +1,170 @@
+"""The loop over the cases of ``vesalius predict``, whatever runs the network.
+
+The torch path (:mod:`vesalius.inference.segmentation`, :mod:`vesalius.inference.classification`) and the
+torch-free runtime of exported packages (:mod:`vesalius.runtime`) differ only in how one image becomes a label map
+or class probabilities; reading the inputs, checking them against the model, post-processing and writing the
+results are here, once, and need only NumPy and SimpleITK (no torch).
+
+Segmentation: each case's label map is written in the input's format and on its grid, named after the case (for a
+DICOM series a NIfTI file and a DICOM-SEG, ``CASE_seg.dcm``, referencing the series); optionally the probabilities
+(``CASE_probabilities.nii.gz``, one channel per class). Classification: one predictions CSV (see
+:func:`write_predictions_csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesalius.errors import VesaliusError
+from vesalius.inference.inputs import InputCase, check_finite, list_inputs, output_path, read_case
+from vesalius.io import Image, image_suffix, write_image
+from vesalius.io.atomic import write_bytes_atomic
+from vesalius.outputs import check_output
+
+__all__ = ["ModelInput", "classify_cases", "predicted_name", "segment_cases", "write_predictions_csv"]
+
+#: One case's label map ``(1, *spatial)`` and, when asked for, its probabilities ``(K, *spatial)``.
+Segmenter = Callable[[Image], tuple[Image, Image | None]]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model takes: ``channels`` images of ``spatial_dims`` dimensions; ``model`` names it in errors."""
+
+    channels: int
+    spatial_dims: int
+    model: Path
+
+    def read(self, case: InputCase) -> Image:
+        """The case's image, refused in one line when it holds NaN or does not fit the model."""
+        image = read_case(case)
+        check_finite(image, case)
+        if image.num_channels != self.channels:
+            raise VesaliusError(
+                f"the image has {image.num_channels} channels, the model needs {self.channels}",
+                case.files[0],
+                "give the channels the model was trained with",
+            )
+        if image.ndim != self.spatial_dims:
+            raise VesaliusError(
+                f"a {image.ndim}D image for a {self.spatial_dims}D model", case.files[0], "use a matching model"
+            )
+        return image
+
+
+def segment_cases(
+    source: str | Path,
+    output: str | Path,
+    model: ModelInput,
+    segment: Segmenter,
+    labels: dict[int, str],
+    *,
+    postprocessing: dict[str, Any] | None = None,
+    on_case: Callable[[InputCase], None] | None = None,
+) -> list[Path]:
+    """Segment every case in ``source`` into ``output`` with ``segment``; returns the written label files.
+
+    ``output`` is a file path when ``source`` is one case and ``output`` has an image suffix, otherwise a folder
+    (created); it may not overwrite the inputs or the model. ``postprocessing``: a decision as in
+    ``postprocessing.json`` (:func:`vesalius.inference.postprocess.apply_postprocessing`).
+    """
+    cases = list_inputs(source, model.channels)
+    single = len(cases) == 1
+    kind = "file" if single and image_suffix(Path(output)) else "folder"
+    output = check_output(output, [source, model.model], kind=kind)
+    written = []
+    for case in cases:
+        start = time.perf_counter()
+        label_map, probabilities = segment(model.read(case))
+        if postprocessing:
+            from vesalius.inference.postprocess import apply_postprocessing
+
+            label_map = label_map.with_array(apply_postprocessing(label_map.array[0], postprocessing)[None])
+        path = output_path(output, case, single)
+        if case.is_dicom_series:  # also a DICOM-SEG that references the series (first: it may be refused)
+            _write_seg(label_map, case, path.parent / f"{case.case_id}_seg.dcm", labels)
+        written.append(write_image(label_map, path))
+        if probabilities is not None:
+            write_image(probabilities, path.parent / f"{case.case_id}_probabilities.nii.gz")
+        case.seconds = time.perf_counter() - start
+        if on_case:
+            on_case(case)
+    return written
+
+
+def _write_seg(labels: Image, case: InputCase, path: Path, names: dict[int, str]) -> None:
+    """The label map of a DICOM series case as a DICOM-SEG of that series."""
+    from vesalius.io.dicom import list_series
+    from vesalius.io.dicom_seg import write_dicom_seg
+
+    (series,) = list_series(case.files[0])  # read_image has read exactly one series from this folder
+    write_dicom_seg(labels, series.files, path, names)
+
+
+def classify_cases(
+    source: str | Path,
+    output: str | Path,
+    model: ModelInput,
+    classify: Callable[[Image, InputCase, Path], np.ndarray],
+    names: list[str],
+    target_type: str,
+    *,
+    on_case: Callable[[InputCase], None] | None = None,
+) -> Path:
+    """Classify every image in ``source``; returns the predictions CSV.
+
+    ``classify(image, case, folder)`` returns the case's probabilities ``(K,)``; ``folder`` is where the CSV goes
+    (for explanations written next to it). ``output``: the CSV path (ending in ``.csv``) or a folder that gets
+    ``predictions.csv``.
+    """
+    cases = list_inputs(source, model.channels)
+    output = Path(output)
+    as_file = output.suffix.lower() == ".csv"
+    suffixes = (".csv",) if as_file else ()
+    check_output(output, [source, model.model], kind="file" if as_file else "folder", suffixes=suffixes)
+    csv_path = output if as_file else output / "predictions.csv"
+    rows = []
+    for case in cases:
+        start = time.perf_counter()
+        rows.append(classify(model.read(case), case, csv_path.parent))
+        case.seconds = time.perf_counter() - start
+        if on_case:
+            on_case(case)
+    ids, files = [c.case_id for c in cases], [str(c.files[0]) for c in cases]
+    return write_predictions_csv(csv_path, ids, np.asarray(rows), names, target_type, files)
+
+
+def predicted_name(probabilities: np.ndarray, names: list[str], target_type: str) -> str:
+    """The predicted class's name; multi-label: the names of the labels with probability >= 0.5 joined by ``;``."""
+    if target_type == "multilabel":
+        return ";".join(n for n, p in zip(names, probabilities, strict=True) if p >= 0.5)
+    return names[int(np.argmax(probabilities))]
+
+
+def write_predictions_csv(
+    path: Path,
+    case_ids: Sequence[str],
+    probabilities: np.ndarray,
+    names: list[str],
+    target_type: str,
+    files: Sequence[str] | None = None,
+) -> Path:
+    """The predictions CSV, written atomically: one row per image with ``case_id``, ``file``, ``predicted``
+    (:func:`predicted_name`) and ``p_NAME`` per class (or label)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case_id", "file", "predicted", *(f"p_{n}" for n in names)])
+    for i, case_id in enumerate(case_ids):
+        row = probabilities[i]
+        file = files[i] if files is not None else ""
+        writer.writerow([case_id, file, predicted_name(row, names, target_type), *(f"{p:.6f}" for p in row)])
+    write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
+    return path

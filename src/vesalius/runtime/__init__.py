@@ -1,0 +1,1 @@
+"""Torch-free prediction from an exported model package."""
