@@ -15,7 +15,7 @@ setup: $(STAMP) $(NIIVUE) $(BROWSER)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
 # NiiVue for the viewer, from package-lock.json (npm; as root, npm itself comes from apt-get when missing).

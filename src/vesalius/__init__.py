@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["evaluate", "import_dataset", "plan", "predict", "preprocess", "train", "validate", "verify"]
+__all__ = [
+    "evaluate",
+    "export",
+    "import_dataset",
+    "plan",
+    "predict",
+    "preprocess",
+    "train",
+    "validate",
+    "verify",
+]
 
 
 def import_dataset(source: Any, name: str, **kwargs: Any) -> Any:
@@ -159,14 +169,37 @@ def validate(run_dir: str | Path, workspace: Any = None, **kwargs: Any) -> dict[
     return validate_run(run_dir, workspace, **kwargs)
 
 
-def predict(source: str | Path, output: str | Path, model: str | Path, **options: Any) -> Any:
-    """Predict the images in ``source`` with a trained model (a run folder, or a folder of folds) into ``output``.
+def predict(source: str | Path, output: str | Path, model: str | Path, *, backend: str = "auto", **options: Any) -> Any:
+    """Predict the images in ``source`` with a trained model into ``output``.
 
-    Segmentation (:func:`vesalius.inference.segmentation.segment_files`; ``fast``, ``probabilities``,
-    ``postprocess``, ``fill_holes``, ...) returns the written label maps; classification
-    (:func:`vesalius.inference.classification.classify_files`; ``explain``) the predictions CSV. Both take
-    ``checkpoint``, ``device`` and ``precision`` (default: the training precision).
+    ``model``: a run folder or a folder of folds (run by torch), or an exported package (``NAME.vpkg`` or its
+    folder: ``backend="auto"`` runs it on ONNX Runtime without torch, :class:`vesalius.runtime.Predictor`;
+    ``backend="torch"`` runs its ``torch.export`` programs). Segmentation
+    (:func:`vesalius.inference.segmentation.segment_files`; ``fast``, ``probabilities``, ``postprocess``,
+    ``fill_holes``, ...) returns the written label maps; classification
+    (:func:`vesalius.inference.classification.classify_files`; ``explain``) the predictions CSV. Torch runs take
+    ``device`` and ``precision`` (default: the training precision); run folders also ``checkpoint``.
     """
+    from vesalius.errors import VesaliusError
+    from vesalius.runtime.package import is_package
+
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise VesaliusError(f"unknown backend '{backend}'", remedy="use auto, torch or onnxruntime")
+    if is_package(model):
+        if backend == "torch":
+            from vesalius.deploy.torch_backend import predict_package_files
+
+            _check_options("a package on torch", options, predict_package_files)
+            return predict_package_files(source, output, model, **options)
+        from vesalius.runtime.predictor import Predictor
+
+        given = {k: v for k, v in options.items() if k != "on_case"}
+        _check_options("a package on ONNX Runtime", given, Predictor.predict_files)
+        return Predictor(model).predict_files(source, output, **options)
+    if backend == "onnxruntime":
+        raise VesaliusError(
+            "ONNX Runtime runs exported packages, not run folders", model, "export it first: vesalius export"
+        )
     from vesalius.model_package import find_packages
 
     if find_packages(model)[0].task == "classification":
@@ -178,6 +211,15 @@ def predict(source: str | Path, output: str | Path, model: str | Path, **options
 
     _check_options("segmentation", options, segment_files)
     return segment_files(source, output, model, **options)
+
+
+def export(model: str | Path, output: str | Path, **options: Any) -> Path:
+    """Export a trained model (a run folder or a folder of folds) as a deployable package; see
+    :func:`vesalius.deploy.export.export_model` (``as_folder``, ``checkpoint``, ``name``, ``intended_use``)."""
+    from vesalius.deploy.export import export_model
+
+    _check_options("export", options, export_model)
+    return export_model(model, output, **options)
 
 
 def evaluate(predictions: str | Path, reference: str | Path, workspace: Any = None, **options: Any) -> dict:

@@ -306,7 +306,10 @@ def train(
 def predict(
     input: Annotated[Path, typer.Option("--input", "-i", help="Image file, DICOM series folder, or folder of images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (or file, for one input case).")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Fold folder, or configuration folder (all folds).")],
+    model: Annotated[
+        Path,
+        typer.Option("--model", "-m", help="Fold folder, configuration folder (all folds), or exported NAME.vpkg."),
+    ],
     fast: Annotated[
         bool, typer.Option("--fast", help="Segmentation: no mirroring test-time augmentation, larger window step.")
     ] = False,
@@ -324,21 +327,41 @@ def predict(
     explain: Annotated[
         bool, typer.Option("--explain", help="Classification: Grad-CAM overlays (PNG; 3D: slices and a NIfTI map).")
     ] = False,
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (packages: onnxruntime, without torch; run folders: torch), torch or onnxruntime."),
+    ] = "auto",
 ) -> None:
     """Segment images with a trained model (each output on its input's grid), or classify them with a trained
-    classifier (a CSV of class probabilities)."""
+    classifier (a CSV of class probabilities). Exported packages run on ONNX Runtime without torch."""
     import vesalius
 
     def report(case) -> None:  # type: ignore[no-untyped-def]
         err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
 
     # only the options given (not at their default) go on: the Python API refuses those of the other task
-    chosen = {"fast": fast, "probabilities": probabilities, "postprocess": postprocess, "fill_holes": fill_holes}
-    defaults = {"fast": False, "probabilities": False, "postprocess": True, "fill_holes": False, "explain": False}
-    given = {key: value for key, value in {**chosen, "explain": explain}.items() if value != defaults[key]}
-    written = vesalius.predict(
-        input, output, model, checkpoint=checkpoint, device=device, precision=precision, on_case=report, **given
-    )
+    chosen = {
+        "fast": fast,
+        "probabilities": probabilities,
+        "postprocess": postprocess,
+        "fill_holes": fill_holes,
+        "explain": explain,
+        "checkpoint": checkpoint,
+        "device": device,
+        "precision": precision,
+    }
+    defaults = {
+        "fast": False,
+        "probabilities": False,
+        "postprocess": True,
+        "fill_holes": False,
+        "explain": False,
+        "checkpoint": "final",
+        "device": "cpu",
+        "precision": None,
+    }
+    given = {key: value for key, value in chosen.items() if value != defaults[key]}
+    written = vesalius.predict(input, output, model, backend=backend, on_case=report, **given)
     if isinstance(written, Path):
         out.print(f"class probabilities written to {written}", markup=False, highlight=False)
     else:
@@ -603,6 +626,27 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Fold folder, or configuration folder (a fold ensemble).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The package: NAME.vpkg (or a folder with --dir).")],
+    as_folder: Annotated[bool, typer.Option("--dir", help="Write the package as a folder instead of a zip.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="final or best.")] = "final",
+    name: Annotated[str | None, typer.Option(help="The model's name (default: the output's name).")] = None,
+    intended_use: Annotated[
+        str | None, typer.Option("--intended-use", help="The model card's intended use (default: research use).")
+    ] = None,
+) -> None:
+    """Export a trained model as one deployable package: ONNX and torch.export networks, the contract of its
+    pre- and post-processing (vesalius.json), its model card and fingerprint, every member's SHA-256."""
+    import vesalius
+
+    written = vesalius.export(
+        model, output, as_folder=as_folder, checkpoint=checkpoint, name=name, intended_use=intended_use
+    )
+    out.print(f"package written to {written}", markup=False, highlight=False)
+
+
 @app.command()
 def datasets(workspace: WorkspaceOption = None) -> None:
     """List the data sets in the workspace."""
@@ -643,6 +687,10 @@ def demo(
     )
 
 
+#: Modules of the whole toolkit that ``pip install vesalius[runtime]`` does not bring.
+FULL_TOOLKIT_MODULES = ("torch", "monai", "matplotlib", "jinja2", "highdicom", "tensorboard", "onnx", "onnxscript")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, print user errors as one line (exit 2), tracebacks only with --debug."""
     _state["debug"] = bool(os.environ.get("VESALIUS_DEBUG"))  # --debug of an earlier call does not stick
@@ -658,6 +706,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not a user error: say so and keep the traceback one flag away
         if _state["debug"]:
             raise
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in FULL_TOOLKIT_MODULES:
+            err.print(
+                f"error: this command needs '{e.name}', which the runtime-only install leaves out. Install the "
+                "whole toolkit (pip install 'vesalius[all]'), or predict with an exported package.",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            return 2
         report_internal_error(e)
         return 1
     return 0

@@ -1,10 +1,8 @@
 """Segment images with a trained model, each result back on its input's own grid.
 
-One image (:func:`predict_image`): the image goes through the trained configuration's preprocessing (crop to the
-non-zero region, resample to its spacing, normalise), is predicted by sliding windows of the trained patch
-(:mod:`vesalius.inference.sliding_window`, mirroring on the trained axes), and the label map (argmax of the
-probabilities) is mapped back by the exact inverse of the preprocessing, so it has the input's shape, spacing,
-origin and direction.
+One image (:func:`predict_image`): :func:`vesalius.inference.image.segment_image` with the trained configuration's
+preprocessing, the network predicting by sliding windows of the trained patch
+(:mod:`vesalius.inference.sliding_window`, mirroring on the trained axes); the label map is on the input's grid.
 
 Files (:func:`segment_files`, ``vesalius predict``): the inputs of :mod:`vesalius.inference.inputs`, with one fold
 or an ensemble of folds (their softmax probabilities are averaged), written as :mod:`vesalius.inference.files`
@@ -24,13 +22,13 @@ from torch import nn
 
 from vesalius.errors import VesaliusError
 from vesalius.inference.files import ModelInput, segment_cases
+from vesalius.inference.image import segment_image
 from vesalius.inference.inputs import InputCase
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.inference.sliding_window import predict_probabilities
 from vesalius.io import Image
 from vesalius.model_package import TrainedSegmentation, find_packages
 from vesalius.precision import autocast_dtype
-from vesalius.preprocessing.pipeline import preprocess_image, restore_to_original
 
 __all__ = ["FAST_STEP", "predict_image", "segment_files"]
 
@@ -72,33 +70,35 @@ def predict_image(
         (background 1 outside the region that preprocessing cropped to).
     """
     configuration = trained.configuration
-    data, _, properties = preprocess_image(image, None, configuration.resampling_spacing, trained.normalization)
     patch_size = configuration.patch_size
     models = [model] if isinstance(model, nn.Module) else list(model)
     dtype = autocast_dtype(precision or trained.precision, torch.device(device))
-    probabilities = sum(
-        predict_probabilities(
-            m,
-            data,
-            patch_size,
-            step=step,
-            mirror_axes=configuration.mirror_axes if mirror_axes is None else tuple(mirror_axes),
-            batch_size=batch_size or configuration.batch_size,
-            device=device,
-            autocast_dtype=dtype,
-            slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
+
+    def probabilities_of(data: np.ndarray) -> np.ndarray:
+        total = sum(
+            predict_probabilities(
+                m,
+                data,
+                patch_size,
+                step=step,
+                mirror_axes=configuration.mirror_axes if mirror_axes is None else tuple(mirror_axes),
+                batch_size=batch_size or configuration.batch_size,
+                device=device,
+                autocast_dtype=dtype,
+                slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
+            )
+            for m in models
         )
-        for m in models
-    ).numpy() / len(models)
-    labels = probabilities.argmax(axis=0)[None].astype(np.uint8)
-    label_image = image.with_array(restore_to_original(labels, properties, is_label=True).array)
-    if not return_probabilities:
-        return label_image
-    classes = [
-        restore_to_original(p[None], properties, is_label=False, fill=1.0 if k == 0 else 0.0).array
-        for k, p in enumerate(probabilities)
-    ]
-    return label_image, image.with_array(np.concatenate(classes, axis=0))
+        return total.numpy() / len(models)
+
+    labels, probabilities = segment_image(
+        image,
+        configuration.resampling_spacing,
+        trained.normalization,
+        probabilities_of,
+        return_probabilities=return_probabilities,
+    )
+    return (labels, probabilities) if probabilities is not None else labels
 
 
 def _postprocessing(models: list[LoadedModel]) -> dict[str, Any] | None:

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
+from vesalius.metrics.statistics import percentile_interval
+
 __all__ = [
     "accuracy",
     "balanced_accuracy",
@@ -168,18 +170,9 @@ def bootstrap_confidence_intervals(
         accuracies.append(correct[index].mean(axis=1))
         aucs.append(_auc_summary(_auc_per_class(y[index], p[index])))
     return {
-        "accuracy": _percentile_interval(np.concatenate(accuracies)),
-        "auc": _percentile_interval(np.concatenate(aucs)),
+        "accuracy": percentile_interval(np.concatenate(accuracies)),
+        "auc": percentile_interval(np.concatenate(aucs)),
     }
-
-
-def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
-    """The 2.5th and 97.5th percentiles of the non-NaN values."""
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    low, high = np.percentile(values, [2.5, 97.5])
-    return (float(low), float(high))
 
 
 def classification_metrics(

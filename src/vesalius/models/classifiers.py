@@ -92,7 +92,11 @@ def to_probabilities(logits: torch.Tensor, target_type: str) -> torch.Tensor:
     if target_type == "multilabel":
         return torch.sigmoid(logits)
     if target_type == "ordinal":
-        above = torch.cummin(torch.sigmoid(logits), dim=1).values  # P(y > k), non-increasing in k
+        # P(y > k), made non-increasing in k: a running minimum (torch.cummin has no ONNX export)
+        columns = [torch.sigmoid(logits[:, :1])]
+        for k in range(1, logits.shape[1]):
+            columns.append(torch.minimum(columns[-1], torch.sigmoid(logits[:, k : k + 1])))
+        above = torch.cat(columns, dim=1)
         ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
         return torch.cat([ones, above], dim=1) - torch.cat([above, zeros], dim=1)
     return torch.softmax(logits, dim=1)

@@ -2,8 +2,9 @@
 
 Arrays: a case ``(C, *spatial)`` of any size becomes ``(C, *input_size)``: each channel normalised as the plan says
 (:func:`vesalius.preprocessing.normalize.normalize`), then resized with linear interpolation (bilinear in 2D,
-trilinear in 3D; 2D downsizing anti-aliased). The same function prepares training cases and images to predict, so
-both see identical inputs.
+trilinear in 3D; 2D downsizing anti-aliased) by :func:`vesalius.preprocessing.resize.resize_linear`, which equals
+torch's ``F.interpolate`` without importing torch. The same function prepares training cases and images to predict,
+so both see identical inputs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vesalius.planning.plan import Normalization
 from vesalius.preprocessing.normalize import normalize
+from vesalius.preprocessing.resize import resize_linear
 
 __all__ = ["prepare_image", "prepare_images"]
 
@@ -25,13 +25,12 @@ HALF_PRECISION_BYTES = 512 * 2**20
 
 def prepare_image(array: np.ndarray, normalization: Sequence[Normalization], input_size: Sequence[int]) -> np.ndarray:
     """One image ``(C, *spatial)`` -> normalised float32 ``(C, *input_size)``."""
-    x = torch.from_numpy(normalize(array, normalization))
+    x = normalize(array, normalization)
     size = tuple(int(s) for s in input_size)
     if tuple(x.shape[1:]) != size:
-        mode = "bilinear" if x.ndim == 3 else "trilinear"
         shrink = x.ndim == 3 and any(s < n for s, n in zip(size, x.shape[1:], strict=True))
-        x = F.interpolate(x[None], size=size, mode=mode, align_corners=False, antialias=shrink)[0]
-    return x.numpy()
+        x = resize_linear(x, size, antialias=shrink)
+    return x
 
 
 def prepare_images(

@@ -11,7 +11,8 @@ antialias=...)`` rule by rule:
   ``(i + 0.5) * in / out - 0.5``, clamped at 0, between its floor and the next index (clamped at the last one);
 * with anti-aliasing, PyTorch's (and Pillow's) separable filter: a triangle whose support is widened by the
   downscale factor on shrinking axes (plain linear interpolation on the others), weights normalised to sum to one.
-  PyTorch offers it in 2D only; here it applies per axis in 3D as well.
+  PyTorch offers it in 2D only; here it applies per axis in 3D as well. (Torch 2.x's CPU kernel repeats the first
+  output row when a 2D output is one column wide and its height changes; this module gives the filter's result.)
 
 Why hand-written: the classification runtime must prepare images exactly as training did without importing torch.
 The weights are computed with torch's float32 arithmetic, so the results equal torch's up to float rounding in the
