@@ -159,8 +159,8 @@ class Predictor:
         contract = self.contract
         if image.num_channels != len(contract.channels) or image.ndim != contract.spatial_dims:
             raise VesaliusError(
-                f"a {image.ndim}D image with {image.num_channels} channel(s) for a {contract.spatial_dims}D model "
-                f"with {len(contract.channels)} ({', '.join(contract.channels)})",
+                f"a {image.ndim}D image with {image.num_channels} channel(s); the model takes {contract.spatial_dims}D "
+                f"images with {len(contract.channels)} channel(s) ({', '.join(contract.channels)})",
                 source,
                 "give images like those the model was trained on",
             )
