@@ -267,7 +267,7 @@ def test_wrong_inputs_and_options_get_one_line(
     two.mkdir()
     for channel in ("0000", "0001"):
         shutil.copy(_validation_images(trained)[0], two / f"case_{channel}.nii.gz")
-    with pytest.raises(VesaliusError, match="2 channel.s.; the model takes 3D images with 1 channel"):
+    with pytest.raises(VesaliusError, match=r"2 channel\(s\); the model takes 3D images with 1 channel"):
         Predictor(segmentation_package).segment(image.with_array(np.concatenate([image.array] * 2)))
     assert main(["predict", "-i", str(two), "-o", str(tmp_path / "o"), "-m", str(segmentation_package)]) == 2
     assert (
