@@ -213,9 +213,20 @@ def predict(source: str | Path, output: str | Path, model: str | Path, *, backen
     return segment_files(source, output, model, **options)
 
 
-def export(model: str | Path, output: str | Path, **options: Any) -> Path:
-    """Export a trained model (a run folder or a folder of folds) as a deployable package; see
-    :func:`vesalius.deploy.export.export_model` (``as_folder``, ``checkpoint``, ``name``, ``intended_use``)."""
+def export(model: str | Path, output: str | Path, *, format: str = "vpkg", **options: Any) -> Path:
+    """Export a trained model (a run folder or a folder of folds): ``format="vpkg"``, a deployable package
+    (:func:`vesalius.deploy.export.export_model`: ``as_folder``, ``checkpoint``, ``name``, ``intended_use``);
+    ``format="monai-bundle"``, a MONAI Bundle of a segmentation model
+    (:func:`vesalius.deploy.monai_bundle.export_monai_bundle`: ``checkpoint``, ``name``, ``intended_use``)."""
+    from vesalius.errors import VesaliusError
+
+    if format == "monai-bundle":
+        from vesalius.deploy.monai_bundle import export_monai_bundle
+
+        _check_options("a MONAI Bundle export", options, export_monai_bundle)
+        return export_monai_bundle(model, output, **options)
+    if format != "vpkg":
+        raise VesaliusError(f"unknown export format '{format}'", remedy="use vpkg or monai-bundle")
     from vesalius.deploy.export import export_model
 
     _check_options("export", options, export_model)

@@ -630,6 +630,12 @@ def parse_duration(text: str) -> float:
 def export_command(
     model: Annotated[Path, typer.Argument(help="Fold folder, or configuration folder (a fold ensemble).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The package: NAME.vpkg (or a folder with --dir).")],
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="vpkg, or monai-bundle: a MONAI Bundle folder (or NAME.zip) of a segmentation model."
+        ),
+    ] = "vpkg",
     as_folder: Annotated[bool, typer.Option("--dir", help="Write the package as a folder instead of a zip.")] = False,
     checkpoint: Annotated[str, typer.Option(help="final or best.")] = "final",
     name: Annotated[str | None, typer.Option(help="The model's name (default: the output's name).")] = None,
@@ -638,12 +644,14 @@ def export_command(
     ] = None,
 ) -> None:
     """Export a trained model as one deployable package: ONNX and torch.export networks, the contract of its
-    pre- and post-processing (vesalius.json), its model card and fingerprint, every member's SHA-256."""
+    pre- and post-processing (vesalius.json), its model card and fingerprint, every member's SHA-256; or, with
+    --format monai-bundle, as a MONAI Bundle."""
     import vesalius
 
-    written = vesalius.export(
-        model, output, as_folder=as_folder, checkpoint=checkpoint, name=name, intended_use=intended_use
-    )
+    options: dict[str, Any] = {"checkpoint": checkpoint, "name": name, "intended_use": intended_use}
+    if as_folder:
+        options["as_folder"] = True  # a MONAI Bundle refuses it in one line: it is a folder already
+    written = vesalius.export(model, output, format=export_format, **options)
     out.print(f"package written to {written}", markup=False, highlight=False)
 
 

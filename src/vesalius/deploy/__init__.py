@@ -1,1 +1,2 @@
-"""Deployment: export a trained model as a package (:mod:`.export`), its model card (:mod:`.model_card`)."""
+"""Deployment: export a trained model as a package (:mod:`.export`) or a MONAI Bundle (:mod:`.monai_bundle`), its
+model card (:mod:`.model_card`), the torch backend for packages (:mod:`.torch_backend`)."""

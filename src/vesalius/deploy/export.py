@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from vesalius.errors import VesaliusError
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.inference.segmentation import FAST_STEP
 from vesalius.inference.sliding_window import GAUSSIAN_SIGMA_SCALE, _gaussian
+from vesalius.io.atomic import json_bytes
 from vesalius.io.schema import from_json, to_json
 from vesalius.model_package import TrainedClassification, TrainedSegmentation, find_packages, versions
 from vesalius.models.classifiers import to_probabilities
@@ -189,10 +189,6 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2) + "\n").encode("utf-8")
-
-
 def export_model(
     model: str | Path,
     output: str | Path,
@@ -233,7 +229,7 @@ def export_model(
         program_names.append(f"models/{fold}.pt2")
         members[onnx_names[-1]] = onnx_bytes
         members[program_names[-1]] = program_bytes
-        members[f"folds/{fold}/model.json"] = _json(to_json(m.trained))
+        members[f"folds/{fold}/model.json"] = json_bytes(to_json(m.trained))
     multiple = trained.configuration.patch_divisors if segmentation else (1,) * trained.spatial_dims
     network_spec = Network(
         onnx=tuple(onnx_names),
@@ -245,12 +241,12 @@ def export_model(
     )
     contract = _contract(models, name, network_spec)
     from_json(type(contract), to_json(contract))  # the contract reads back as written
-    members[CONTRACT] = _json(to_json(contract))
+    members[CONTRACT] = json_bytes(to_json(contract))
     if segmentation:
         members[WEIGHTS] = _npy(_gaussian(tuple(trained.configuration.patch_size), "cpu").numpy())
     if packages[0].fingerprint is not None:
-        members["fingerprint.json"] = _json(packages[0].fingerprint)
+        members["fingerprint.json"] = json_bytes(packages[0].fingerprint)
     card = model_card(packages, name, intended_use=intended_use, versions=versions())
-    members["model_card.json"] = _json(card)
+    members["model_card.json"] = json_bytes(card)
     members["MODEL_CARD.md"] = render_markdown(card).encode("utf-8")
     return write_package(members, output, as_folder=as_folder, info={"created": card["created"], "name": name})

@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,38 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def json_bytes(data: Any, indent: int = 2) -> bytes:
+    """``data`` as indented JSON text ending in a newline, UTF-8 encoded: how every JSON file is written."""
+    return (json.dumps(data, indent=indent) + "\n").encode("utf-8")
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, json_bytes(data))
+
+
+def write_folder_atomic(path: str | Path, files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (relative POSIX path -> bytes) as the folder ``path``, replacing it if it exists.
+
+    The files are written into a temporary folder next to ``path`` that is then renamed, so ``path`` is always
+    either the old folder or the complete new one (between the two renames, briefly absent).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    try:
+        for name, data in files.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=".old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path

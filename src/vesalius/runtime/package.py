@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vesalius.errors import VesaliusError
-from vesalius.io.atomic import atomic_path
+from vesalius.io.atomic import atomic_path, write_folder_atomic
 from vesalius.runtime.contract import Contract, contract_from_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "Package", "is_package", "write_package"]
@@ -192,34 +189,12 @@ def write_package(
     output = Path(output)
     manifest = _manifest(members, dict(info))
     if as_folder:
-        _write_folder(members, manifest, output)
-        return output
+        return write_folder_atomic(output, {MANIFEST: manifest, **members})
     with atomic_path(output, SUFFIX) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, manifest)
         for name, data in members.items():
             archive.writestr(name, data)
     return output
-
-
-def _write_folder(members: Mapping[str, bytes], manifest: bytes, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=output.parent))
-    try:
-        (staging / MANIFEST).write_bytes(manifest)
-        for name, data in members.items():
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=".old-", dir=output.parent))
-            os.replace(output, old / output.name)
-            os.replace(staging, output)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def contract_of(path: str | Path) -> Contract:
