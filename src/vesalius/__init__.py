@@ -21,6 +21,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 __all__ = [
+    "compress",
     "evaluate",
     "export",
     "import_dataset",
@@ -231,6 +232,15 @@ def export(model: str | Path, output: str | Path, *, format: str = "vpkg", **opt
 
     _check_options("export", options, export_model)
     return export_model(model, output, **options)
+
+
+def compress(model: str | Path, output: str | Path, workspace: Any = None, **options: Any) -> Path:
+    """Compress an exported package into a new one, checked on the validation cases: ``int8=True`` quantises its
+    networks (:func:`vesalius.deploy.compress.compress_package`: ``calibration``, ``validation``)."""
+    from vesalius.deploy.compress import compress_package
+
+    _check_options("compression", options, compress_package)
+    return compress_package(model, output, workspace=workspace, **options)
 
 
 def evaluate(predictions: str | Path, reference: str | Path, workspace: Any = None, **options: Any) -> dict:
