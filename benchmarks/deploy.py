@@ -9,10 +9,12 @@ Run it from the project's root::
 Models: Hippocampus fold 0 of ``benchmarks/.work/vesalius`` (trained by ``hippocampus_train.py``; trained first for
 ``--train-budget`` when missing) and a BreastMNIST classifier in ``benchmarks/.work/medmnist`` (trained for
 ``--train-budget`` with the planner's defaults when missing). Each is exported once (``vesalius export``) and
-compressed (``vesalius compress --int8``, calibrated on training cases) when that is available.
+compressed (``vesalius compress --int8``, calibrated on 8 training cases, 64 images for BreastMNIST).
 
 Variants: ``torch-fp32`` and ``torch-bf16`` (the run folder through the torch path), ``ort-fp32`` (the exported
-package on ONNX Runtime, torch-free), ``ort-int8`` (the compressed package). Each runs in a process of its own on the
+package on ONNX Runtime, torch-free), ``ort-int8`` (the compressed package), and for Hippocampus
+``prunedNN-ort-fp32`` / ``prunedNN-ort-int8`` (the run pruned by NN% and fine-tuned for ``--prune-budget``, exported and
+compressed; made once, then reused). Each runs in a process of its own on the
 fold's validation cases, so that start-up (imports and model loading) and peak RSS are its own: seconds per case
 are reported excluding start-up (the mean of the cases' prediction times) and including it (start-up spread over
 the cases, i.e. what a command on this many cases costs per case). Accuracy: mean Dice per class against the
@@ -43,7 +45,6 @@ from common import REPO_ROOT, dice_per_class, emit_json, machine_and_date, share
 
 WORK_DIR = REPO_ROOT / "benchmarks" / ".work"
 DEPLOY_DIR = WORK_DIR / "deploy"
-SEG_VARIANTS = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8")
 
 
 # -- the worker: one variant in a process of its own ---------------------------------------------------------------
@@ -123,23 +124,32 @@ def _fresh(target: Path, source: Path) -> bool:
     return target.exists() and target.stat().st_mtime >= source.stat().st_mtime
 
 
-def packages(run_dir: Path, name: str, workspace: Path, calibration: int) -> dict[str, Path | None]:
-    """The run's exported package and its INT8 compression (``None`` where compression is not available)."""
+def packages(run_dir: Path, name: str, workspace: Path, calibration: int, prefix: str = "") -> dict[str, Path]:
+    """The run's exported package (``PREFIXort-fp32``) and its INT8 compression (``PREFIXort-int8``), made when
+    missing or older than the run."""
     import vesalius
 
     fp32 = DEPLOY_DIR / f"{name}.vpkg"
     if not _fresh(fp32, run_dir / "checkpoint_final.pt"):
         vesalius.export(run_dir, fp32)
-    found: dict[str, Path | None] = {"ort-fp32": fp32, "ort-int8": None}
-    try:
-        from vesalius.deploy.compress import compress_package
-    except ImportError:
-        print("compression is not available in this version: INT8 left out", flush=True)
-        return found
     int8 = DEPLOY_DIR / f"{name}_int8.vpkg"
     if not _fresh(int8, fp32):
-        compress_package(fp32, int8, int8=True, calibration=calibration, workspace=workspace)
-    found["ort-int8"] = int8
+        vesalius.compress(fp32, int8, workspace, int8=True, calibration=calibration)
+    return {f"{prefix}ort-fp32": fp32, f"{prefix}ort-int8": int8}
+
+
+def pruned(run_dir: Path, workspace: Path, amounts: list[float], budget_s: float) -> dict[str, Path]:
+    """Packages of the run pruned by each of ``amounts`` and fine-tuned for ``budget_s`` (made when missing)."""
+    from vesalius.deploy.prune import prune_run
+
+    found = {}
+    for amount in amounts:
+        percent = round(amount * 100)
+        narrow = run_dir.parents[1] / f"{run_dir.parent.name}_w{100 - percent}" / run_dir.name
+        if not (narrow / "checkpoint_final.pt").is_file():
+            print(f"pruning {percent}% and fine-tuning for {budget_s / 60:.0f} min", flush=True)
+            narrow = prune_run(run_dir, amount, time_budget_s=budget_s, workspace=workspace)
+        found.update(packages(narrow, f"{run_dir.parents[1].name}_pruned{percent}", workspace, 8, f"pruned{percent}-"))
     return found
 
 
@@ -161,6 +171,7 @@ def hippocampus(args: argparse.Namespace) -> dict[str, Any] | None:
     images = [str(dataset.image_paths(by_id[c])[0]) for c in val]
     labels = [dataset.path(by_id[c].label) for c in val]
     models = {"torch-fp32": run_dir, "torch-bf16": run_dir, **packages(run_dir, "hippocampus", workspace, 8)}
+    models.update(pruned(run_dir, workspace, args.prune, args.prune_budget))
     return compare("segmentation", models, images, labels, package.label_names, args.threads)
 
 
@@ -209,9 +220,6 @@ def compare(
     rows: dict[str, Any] = {}
     reference_outputs: Path | None = None
     for variant, model in models.items():
-        if model is None:
-            rows[variant] = {"available": False}
-            continue
         figures = run_variant(variant, model, task, images, threads)
         output = figures.pop("output")
         seconds = figures.pop("seconds")
@@ -282,6 +290,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=42, help="validation cases (classification: 4x as many)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-budget", type=float, default=600.0, help="seconds of training for a missing model")
+    parser.add_argument("--prune", type=float, nargs="*", default=[0.3, 0.5], help="pruned fractions (Hippocampus)")
+    parser.add_argument("--prune-budget", type=float, default=600.0, help="seconds of fine-tuning after pruning")
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
