@@ -234,13 +234,50 @@ def export(model: str | Path, output: str | Path, *, format: str = "vpkg", **opt
     return export_model(model, output, **options)
 
 
-def compress(model: str | Path, output: str | Path, workspace: Any = None, **options: Any) -> Path:
-    """Compress an exported package into a new one, checked on the validation cases: ``int8=True`` quantises its
-    networks (:func:`vesalius.deploy.compress.compress_package`: ``calibration``, ``validation``)."""
+def compress(
+    model: str | Path,
+    output: str | Path,
+    workspace: Any = None,
+    *,
+    prune: float | None = None,
+    time_budget_s: float = 600.0,
+    int8: bool = False,
+    **options: Any,
+) -> Path:
+    """Compress a model into a new package whose model card records what was done and the validation figures.
+
+    ``prune`` (e.g. 0.3 or 0.5): ``model`` is a trained segmentation fold; that fraction of its channels is removed
+    and the narrower network fine-tuned for ``time_budget_s`` on the same fold and validated
+    (:func:`vesalius.deploy.prune.prune_run`, a new run folder ``runs/NAME/CONFIG_wXX/fold_K`` with its report),
+    then exported. ``int8``: the networks of the package (``model``, or the pruned export) are quantised
+    (:func:`vesalius.deploy.compress.compress_package`: ``calibration``, ``validation``). The data set must be in
+    ``workspace``.
+    """
+    from vesalius.errors import VesaliusError
+
+    if prune is None and not int8:
+        raise VesaliusError("no compression asked for", model, "give --int8, --prune 0.3 or both")
+    if prune is not None and options:
+        raise VesaliusError(f"{', '.join(sorted(options))} applies to --int8 only", remedy="leave it out")
     from vesalius.deploy.compress import compress_package
 
     _check_options("compression", options, compress_package)
-    return compress_package(model, output, workspace=workspace, **options)
+    if prune is None:
+        return compress_package(model, output, workspace=workspace, int8=True, **options)
+    import tempfile
+
+    from vesalius.deploy.prune import prune_run
+    from vesalius.outputs import check_output
+    from vesalius.reporting.report import build_report_or_warn
+
+    check_output(output, [model], kind="file", suffixes=(".vpkg",))
+    run = prune_run(model, prune, time_budget_s=time_budget_s, workspace=workspace)
+    build_report_or_warn(run, workspace=workspace)
+    if not int8:
+        return export(run, output)
+    with tempfile.TemporaryDirectory(prefix="vesalius-prune-") as folder:
+        exported = export(run, Path(folder) / Path(output).name)
+        return compress_package(exported, output, workspace=workspace, int8=True)
 
 
 def evaluate(predictions: str | Path, reference: str | Path, workspace: Any = None, **options: Any) -> dict:

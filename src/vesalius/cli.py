@@ -657,32 +657,49 @@ def export_command(
 
 @app.command()
 def compress(
-    model: Annotated[Path, typer.Argument(help="An exported package (NAME.vpkg or its folder).")],
+    model: Annotated[
+        Path, typer.Argument(help="An exported package (NAME.vpkg) for --int8; a trained fold for --prune.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The new package: OUT.vpkg.")],
     int8: Annotated[
         bool, typer.Option("--int8", help="Quantise the networks to INT8 (ONNX Runtime static, QDQ, per channel).")
     ] = False,
+    prune: Annotated[
+        float | None,
+        typer.Option(help="Remove this fraction of the channels (e.g. 0.3, 0.5), then fine-tune: a trained fold."),
+    ] = None,
+    budget: Annotated[str, typer.Option(help="Fine-tuning time after pruning, e.g. 10m.")] = "10m",
     calibration: Annotated[int, typer.Option(help="Training cases that calibrate the INT8 ranges.")] = 8,
     validation: Annotated[
-        int | None, typer.Option(help="Validate on at most this many validation cases (default: all).")
+        int | None, typer.Option(help="Validate the INT8 networks on at most this many cases (default: all).")
     ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Compress an exported package into a new one whose model card records what was done and the validation
-    figures before and after (the training data set must be in the workspace)."""
+    """Compress a model into a new package whose model card records what was done and the validation figures
+    before and after (the training data set must be in the workspace)."""
     import vesalius
 
-    written = vesalius.compress(model, output, workspace, int8=int8, calibration=calibration, validation=validation)
-    card = _card_figures(written)
-    out.print(f"package written to {written}{card}", markup=False, highlight=False)
+    options: dict[str, Any] = {}
+    if prune is None:
+        options = {"calibration": calibration, "validation": validation}
+    else:
+        options = {"prune": prune, "time_budget_s": parse_duration(budget)}
+    written = vesalius.compress(model, output, workspace, int8=int8, **options)
+    out.print(f"package written to {written}{_card_figures(written)}", markup=False, highlight=False)
 
 
 def _card_figures(package: Path) -> str:
-    """`` (Dice 0.884 -> 0.884)``: the validation figures the compression recorded, if any."""
+    """`` (dice 0.884 -> 0.884)``: the validation figures the compression recorded, if any."""
     from vesalius.runtime.package import Package
 
     with Package(package) as opened:
-        compression = (opened.json("model_card.json") or {}).get("compression") or {}
+        card = opened.json("model_card.json") or {}
+    pruning, compression = card.get("pruning") or {}, card.get("compression") or {}
+    if not compression:
+        before, after = (pruning.get(k) or {} for k in ("dice_before", "dice_after"))
+        if not (before.get("mean") and after.get("mean")):
+            return ""
+        return f" (dice {before['mean']:.4f} -> {after['mean']:.4f})"
     figures = compression.get("figures") or {}
     names = [k.removesuffix("_fp32") for k in figures if k.endswith("_fp32")]
     numbers = [(n, figures[f"{n}_fp32"], figures.get(f"{n}_int8")) for n in names]

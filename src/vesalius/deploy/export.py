@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,20 +94,26 @@ def export_network(
     import onnxruntime as ort
 
     network = network.eval()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(network, (example,), dynamic_shapes={"x": dynamic_axes})
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        onnx_program = torch.onnx.export(
-            program,
-            (example,),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=["image"],
-            output_names=[output_name],
-            verbose=False,
-        )
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # its notices (torchvision ops it skips) are not the user's business
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(network, (example,), dynamic_shapes={"x": dynamic_axes})
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
+            onnx_program = torch.onnx.export(
+                program,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=[output_name],
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
     proto = onnx_program.model_proto
     onnx.checker.check_model(proto, full_check=True)
     model_bytes = proto.SerializeToString()

@@ -53,6 +53,19 @@ def _classification_validation(packages: Sequence[ModelPackage]) -> dict[str, An
     return {"metric": "accuracy and AUC", "folds": folds} if folds else None
 
 
+def _pruning(package: ModelPackage) -> dict[str, Any] | None:
+    """What pruning made the run (:func:`vesalius.deploy.prune.pruning_record`), if it is a pruned run."""
+    if not package.settings.get("initial_weights"):
+        return None
+    from vesalius.deploy.prune import pruning_record
+    from vesalius.errors import VesaliusError
+
+    try:
+        return pruning_record(package.root)
+    except VesaliusError:  # started from given weights, but not pruned
+        return None
+
+
 def model_card(
     packages: Sequence[ModelPackage], name: str, *, intended_use: str | None = None, versions: dict[str, str]
 ) -> dict[str, Any]:
@@ -100,6 +113,7 @@ def model_card(
         "limitations": limitations,
         "versions": versions,
         "training_precision": trained.precision,
+        "pruning": _pruning(packages[0]),
         "compression": None,
     }
 
@@ -151,6 +165,9 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"| {fold} | {m.get('n', '')} | {_figure(m.get('accuracy'))} ({_figure(acc_ci[0])}-"
                 f"{_figure(acc_ci[1])}) | {_figure(m.get('auc'))} ({_figure(auc_ci[0])}-{_figure(auc_ci[1])}) |"
             )
+    pruning = card.get("pruning")
+    if pruning:
+        lines += ["", "## Pruning", "", pruning["description"], ""]
     compression = card.get("compression")
     if compression:
         lines += ["", "## Compression", "", compression["description"], ""]

@@ -9,8 +9,10 @@ exponential moving average improves. The loop itself (optimiser, precision, chec
 fold on the original grids.
 
 The run saves its trained configuration (:class:`vesalius.model_package.TrainedSegmentation`): the plan's
-configuration with the patch, batch and mirror axes this run trained with, and its precision, so that validation
-and prediction use exactly those.
+configuration with the patch, batch and mirror axes this run trained with, its features scaled by the run's
+``width``, and its precision, so that validation and prediction use exactly those. A run may start from given
+weights (``initial_weights``: fine-tuning, e.g. a pruned network, :mod:`vesalius.deploy.prune`) instead of random
+ones.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, Traini
 from vesalius.training.settings import SegmentationSettings, resumed_settings
 from vesalius.workspace import Workspace
 
-__all__ = ["SegmentationHead", "train_segmentation", "trained_configuration"]
+__all__ = ["SegmentationHead", "load_initial_weights", "train_segmentation", "trained_configuration"]
 
 EMA_WEIGHT = 0.9
 
 
 def trained_configuration(plan: Plan, settings: SegmentationSettings) -> TrainedSegmentation:
-    """What a run with resolved ``settings`` trains: the plan's configuration with the run's patch, batch and mirror
-    axes, and the run's precision."""
+    """What a run with resolved ``settings`` trains: the plan's configuration with the run's patch, batch, mirror
+    axes and features (scaled by its width), and the run's precision."""
     configuration = plan.configuration(settings.config)
     augmentation = dict(settings.augmentation or {})
     mirror = tuple(int(a) for a in augmentation.get("mirror_axes", configuration.mirror_axes))
@@ -61,6 +63,7 @@ def trained_configuration(plan: Plan, settings: SegmentationSettings) -> Trained
             patch_size=tuple(settings.patch_size or configuration.patch_size),
             batch_size=int(settings.batch_size or configuration.batch_size),
             mirror_axes=mirror,
+            features=settings.scaled_features(configuration.features),
         ),
         precision=settings.precision,  # type: ignore[arg-type]
         versions=versions(),
@@ -80,10 +83,12 @@ class SegmentationHead(TaskHead):
         settings: SegmentationSettings,
         folder: Path,
         split: dict[str, list[str]],
+        initial_state: dict[str, Any] | None = None,
     ) -> None:
         from monai.losses import DeepSupervisionLoss, DiceCELoss
 
         self.trained = trained
+        self.initial_state = initial_state
         self.settings = settings
         self.dataset = settings.dataset
         configuration = trained.configuration
@@ -116,7 +121,11 @@ class SegmentationHead(TaskHead):
         self.best_ema = -math.inf
 
     def build_model(self) -> nn.Module:
-        return build_network(self.trained.configuration, len(self.trained.channels), self.num_classes)
+        """The network of the trained configuration, with the initial weights where the run was given some."""
+        network = build_network(self.trained.configuration, len(self.trained.channels), self.num_classes)
+        if self.initial_state is not None:
+            network.load_state_dict(self.initial_state)
+        return network
 
     @staticmethod
     def _to_device(images: np.ndarray, segs: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +191,41 @@ class SegmentationHead(TaskHead):
         self.best_ema = float(state["best_ema"])
 
 
+def load_initial_weights(path: str | Path, trained: TrainedSegmentation) -> dict[str, Any]:
+    """The ``"model"`` state dict of the checkpoint file ``path``, checked against the network of ``trained``.
+
+    Checked here, before any preprocessing or training, so that weights of another configuration or width are a
+    one-line error rather than a stack trace from ``load_state_dict`` after minutes of preparation.
+    """
+    from vesalius.model_package import load_checkpoint
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise VesaliusError("not a training checkpoint (no 'model' state dict)", path, "give a checkpoint_*.pt file")
+    expected = build_network(trained.configuration, len(trained.channels), len(trained.labels)).state_dict()
+    for name, tensor in expected.items():
+        given = weights.get(name)
+        if given is None or tuple(given.shape) != tuple(tensor.shape):
+            found = "missing" if given is None else f"of shape {list(given.shape)}"
+            raise VesaliusError(
+                f"the initial weights do not fit the network: '{name}' is {found}, the network's is "
+                f"{list(tensor.shape)}",
+                path,
+                "give weights of a network of this configuration and width (features "
+                f"{list(trained.configuration.features)})",
+            )
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected:
+        raise VesaliusError(
+            f"the initial weights hold '{unexpected[0]}', which the network lacks",
+            path,
+            "give weights of a network of this configuration",
+        )
+    return weights
+
+
 def _prepare_data(settings: SegmentationSettings, ws: Workspace) -> tuple[Path, dict[str, list[str]]]:
     """The preprocessed folder (preprocessing first what is missing or stale) and the fold's split."""
     from vesalius.preprocessing.pipeline import preprocess_dataset
@@ -212,6 +256,9 @@ def train_segmentation(
 ) -> TrainingResult:
     """Train one fold (or ``"all"``) of a planned segmentation data set; see the module docstring.
 
+    The run folder is ``runs/NAME/CONFIG/fold_K``, or ``runs/NAME/CONFIG_wXX/fold_K`` for a width other than 1
+    (:attr:`SegmentationSettings.run_config`); a resumed run must be given the width to be found.
+
     Args:
         settings: the settings; ``None`` fields come from the plan.
         workspace: the workspace (default ``$VESALIUS_HOME``).
@@ -222,7 +269,7 @@ def train_segmentation(
         callbacks: called with each epoch's log row after its checkpoint is written.
     """
     ws = Workspace.resolve(workspace)
-    package = ModelPackage(ws.run_dir(settings.dataset, settings.config, settings.fold))
+    package = ModelPackage(ws.run_dir(settings.dataset, settings.run_config, settings.fold))
     plan = load_plan(settings.dataset, ws)
     if resume:
         settings = resumed_settings(settings, package.saved_settings())  # type: ignore[assignment]
@@ -236,10 +283,14 @@ def train_segmentation(
     trained = trained_configuration(plan, settings)
     if not resume:
         package.refuse_to_overwrite(force=force)  # before minutes of preprocessing
+    initial = None
+    if settings.initial_weights and not (resume and package.checkpoint_path("latest").is_file()):
+        # read before the run folder is emptied: the file may lie in it
+        initial = load_initial_weights(settings.initial_weights, trained)
     folder, split = _prepare_data(settings, ws)
     state = package.prepare(resume=resume, force=force)
     torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
-    head = SegmentationHead(trained, settings, folder, split)
+    head = SegmentationHead(trained, settings, folder, split, initial if state is None else None)
     loop = TrainingLoop(head, settings, package, state)
     package.write_setup(plan, trained, settings.to_dict(), split, ws.fingerprint_path(settings.dataset))
     return loop.run(show_progress, callbacks)

@@ -9,6 +9,7 @@ value is a one-line :class:`~vesalius.errors.VesaliusError`) and read back only 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -108,6 +109,13 @@ class SegmentationSettings(_SettingsIO):
         augmentation: overrides of :class:`vesalius.augmentation.AugmentationConfig`; ``mirror_axes`` defaults
             to the plan's.
         checkpoint_interval_s: within an epoch, ``checkpoint_latest.pt`` is also written after this many seconds.
+        width: the plan configuration's features per stage are scaled by it (each rounded, at least 1), and the
+            trained configuration records the scaled ones, so that every later tool builds the narrower network
+            from ``model.json`` alone. A run of another width than 1 has its own run folder
+            (:attr:`run_config`), so that it never overwrites the full-width run (pruning:
+            :mod:`vesalius.deploy.prune`).
+        initial_weights: a checkpoint file whose ``"model"`` state dict the network starts from instead of random
+            weights (its shapes must match the network's); a resumed run continues from its own checkpoint instead.
     """
 
     dataset: str
@@ -129,8 +137,12 @@ class SegmentationSettings(_SettingsIO):
     threads: int | None = None
     augmentation: dict[str, Any] | None = None
     checkpoint_interval_s: float = 300.0
+    width: float = 1.0
+    initial_weights: str | None = None
 
-    #: Settings a resumed run may change; everything else must match the saved ``training.json``.
+    #: Settings a resumed run may change; everything else must match the saved ``training.json``. ``width`` is not
+    #: among them (it is the network, and it names the run folder); nor is ``initial_weights`` (a resumed run
+    #: continues from its own checkpoint).
     RESUMABLE = ("epochs", "time_budget_s", "lr", "precision", "device", "threads", "checkpoint_interval_s")
 
     def __post_init__(self) -> None:
@@ -141,6 +153,26 @@ class SegmentationSettings(_SettingsIO):
                 f"iterations per epoch must be at least 1, not {self.iterations_per_epoch}",
                 remedy="give --iters-per-epoch 1 or more",
             )
+        if isinstance(self.width, bool) or not (
+            isinstance(self.width, int | float) and math.isfinite(self.width) and self.width > 0
+        ):
+            raise VesaliusError(f"the width must be a positive number, not {self.width!r}", remedy="e.g. width=0.5")
+        if self.initial_weights is not None and not (isinstance(self.initial_weights, str) and self.initial_weights):
+            raise VesaliusError(
+                f"initial_weights must be the path of a checkpoint file, not {self.initial_weights!r}",
+                remedy="give the path as a string",
+            )
+
+    @property
+    def run_config(self) -> str:
+        """The name of the run's configuration folder (``runs/NAME/RUN_CONFIG/fold_K``): the plan configuration,
+        with the width in percent appended when it is not 1 (``3d_w50``), so that runs of different widths of one
+        fold live side by side and each is still a fold folder that ``find_packages`` and ensembles accept."""
+        return self.config if self.width == 1 else f"{self.config}_w{self.width * 100:g}"
+
+    def scaled_features(self, features: Sequence[int]) -> tuple[int, ...]:
+        """``features`` scaled by :attr:`width`, each rounded half up and at least 1."""
+        return tuple(max(1, math.floor(f * self.width + 0.5)) for f in features)
 
     def resolve(self, plan: Plan) -> SegmentationSettings:
         """A copy with every default taken from the plan (its configuration's ``iterations``, ``batch_size``, ...).
