@@ -6,7 +6,7 @@ Layout::
     preprocessed/NAME/        fingerprint, plan, splits (segmentation); classification_{plan,splits,fingerprint}.json
     preprocessed/NAME/CONFIG/ cached, preprocessed cases of one plan configuration
     runs/NAME/CONFIG/fold_K/  a trained model (:mod:`vesalius.model_package`): plan, trained configuration,
-                              checkpoints, logs, validation
+                              checkpoints, logs, validation; CONFIG_wXX: a run of XX% width (a pruned network)
     predictions/NAME/, reports/
 
 Every path inside the workspace is built here.
@@ -114,8 +114,8 @@ class Workspace:
         return self.root / "runs" / check_name(name)
 
     def run_dir(self, name: str, config: str, fold: int | str) -> Path:
-        """``runs/NAME/CONFIG/fold_K``: one trained model (segmentation: CONFIG is the plan configuration;
-        classification: the network)."""
+        """``runs/NAME/CONFIG/fold_K``: one trained model (segmentation: CONFIG is the plan configuration, with
+        ``_wXX`` for a run of XX% width; classification: the network)."""
         return self.runs_dir(name) / config / f"fold_{fold}"
 
     def predictions_dir(self, name: str) -> Path:
