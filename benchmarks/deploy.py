@@ -99,8 +99,17 @@ def worker(spec: dict[str, Any]) -> None:
             write_image(result, out / f"{i:04d}.nii.gz")
         else:
             np.save(out / f"{i:04d}.npy", np.asarray(result, dtype=np.float64))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = _peak_rss()
     print("WORKER_JSON " + json.dumps({"startup_s": startup, "seconds": seconds, "peak_rss_bytes": rss}), flush=True)
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (``VmHWM``: of its own image; ``getrusage``'s maximum would
+    include the parent's memory at the fork that started it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_variant(variant: str, model: Path, task: str, cases: list[str], threads: int) -> dict[str, Any]:
