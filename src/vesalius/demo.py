@@ -4,8 +4,9 @@ It generates the phantom data sets (3D segmentation, MSD layout; 2D classificati
 verifies them, plans and preprocesses the segmentation set, trains fold 0 for a short wall budget (validating it
 on its held-out cases), predicts those cases with ``vesalius predict``'s code path into
 ``predictions/demo_phantom/``, measures the first prediction (volumes, components, centroids), evaluates all
-of them against their references, and writes the HTML report of the run to ``reports/demo_phantom.html``. Each
-later step of the pipeline adds itself here.
+of them against their references, exports the model (``exports/demo_phantom.vpkg``) and predicts the same cases
+with it on ONNX Runtime (``predictions/demo_phantom_onnxruntime/``), and writes the HTML report of the run to
+``reports/demo_phantom.html``. Each later step of the pipeline adds itself here.
 """
 
 from __future__ import annotations
@@ -105,7 +106,27 @@ def _train_predict_evaluate(ws: Workspace, dataset: Dataset, time_budget_s: floa
     for name, metrics in summary["metrics"].items():
         echo(f"  evaluation {name}: Dice {metrics['dice']['mean']:.3f} over {summary['num_cases']} cases")
     echo(f"metrics -> {predictions / 'metrics.csv'}, {predictions / 'summary.json'}")
+    _export_and_run(ws, run.run_dir, inputs, written, echo)
     return run.run_dir
+
+
+def _export_and_run(
+    ws: Workspace, run_dir: Path, inputs: Path, torch_written: list[Path], echo: Callable[[str], None]
+) -> None:
+    """Export the run as a package and predict the same cases with it on ONNX Runtime (the torch-free runtime)."""
+    import numpy as np
+
+    from vesalius.deploy.export import export_model
+    from vesalius.io import read_image
+    from vesalius.runtime import Predictor
+
+    package = export_model(run_dir, ws.exports_dir() / f"{DEMO_SEGMENTATION}.vpkg")
+    output = ws.predictions_dir(f"{DEMO_SEGMENTATION}_onnxruntime")
+    written = Predictor(package).predict_files(inputs, output)
+    pairs = zip(written, torch_written, strict=True)
+    equal = [float(np.mean(read_image(a).array == read_image(b).array)) for a, b in pairs]
+    echo(f"exported -> {package}; on ONNX Runtime without torch: {len(written)} cases -> {output}")
+    echo(f"  the same labels as torch for {100 * min(equal):.2f}% of the voxels or more")
 
 
 def _names(dataset: Dataset) -> dict[int, str]:

@@ -7,7 +7,7 @@ Layout::
     preprocessed/NAME/CONFIG/ cached, preprocessed cases of one plan configuration
     runs/NAME/CONFIG/fold_K/  a trained model (:mod:`vesalius.model_package`): plan, trained configuration,
                               checkpoints, logs, validation; CONFIG_wXX: a run of XX% width (a pruned network)
-    predictions/NAME/, reports/
+    predictions/NAME/, reports/, exports/
 
 Every path inside the workspace is built here.
 """
@@ -121,6 +121,10 @@ class Workspace:
     def predictions_dir(self, name: str) -> Path:
         """``predictions/NAME``."""
         return self.root / "predictions" / check_name(name)
+
+    def exports_dir(self) -> Path:
+        """``exports``: model packages exported by the demo (``vesalius export`` writes where it is told)."""
+        return self.root / "exports"
 
     def reports_dir(self) -> Path:
         """``reports``."""
