@@ -38,6 +38,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CONTRACT = "vesalius.json"
 SUFFIX = ".vpkg"
+#: Members written without compression (dense binary data).
+STORED_SUFFIXES = (".onnx", ".pt2", ".npy")
 _CHUNK = 1 << 20
 
 
@@ -59,6 +61,7 @@ class Package:
         if not self.path.exists():
             raise VesaliusError("model package not found", self.path, "give a .vpkg file or an exported folder")
         self._zip: zipfile.ZipFile | None = None
+        self._checked: dict[str, bytes] = {}  # members read (and hashed) on opening, served by read()
         if self.path.is_file():
             try:
                 self._zip = zipfile.ZipFile(self.path)
@@ -76,6 +79,7 @@ class Package:
         return f"Package({str(self.path)!r})"
 
     def close(self) -> None:
+        self._checked.clear()
         if self._zip is not None:
             self._zip.close()
 
@@ -95,7 +99,7 @@ class Package:
         """The bytes of ``member`` (checked against its SHA-256 when the package was opened)."""
         if member not in self.manifest["members"]:
             raise VesaliusError(f"no member '{member}' in the package", self.path, "export the model again")
-        return self._raw(member)
+        return self._checked[member] if member in self._checked else self._raw(member)
 
     def json(self, member: str) -> Any:
         """The parsed JSON of ``member``."""
@@ -158,7 +162,9 @@ class Package:
                 "remove it, or export the model again",
             )
         for member, expected in listed.items():
-            if not isinstance(expected, dict) or _sha256(self._raw(member)) != expected.get("sha256"):
+            data = self._raw(member)
+            self._checked[member] = data
+            if not isinstance(expected, dict) or _sha256(data) != expected.get("sha256"):
                 raise VesaliusError(
                     f"member '{member}' does not match its SHA-256 (changed, truncated or corrupt)",
                     self.path,
@@ -193,7 +199,9 @@ def write_package(
     with atomic_path(output, SUFFIX) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, manifest)
         for name, data in members.items():
-            archive.writestr(name, data)
+            # network weights hardly compress, and inflating them would double the start-up: stored as they are
+            stored = name.endswith(STORED_SUFFIXES)
+            archive.writestr(name, data, compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
     return output
 
 
