@@ -83,6 +83,10 @@ def test_the_package_holds_checked_networks_the_contract_the_card_and_hashes(
         card["split"]["fold_0"]["validation"]
         == json.loads((trained.run_dir / "training.json").read_text())["split"]["val"]
     )
+    assert (
+        card["split"]["fold_0"]["training"]
+        == json.loads((trained.run_dir / "training.json").read_text())["split"]["train"]
+    )
     assert "## Limitations" in markdown and "95%" in markdown
 
 

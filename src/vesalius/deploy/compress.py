@@ -7,8 +7,7 @@ calibration inputs are what the runtime would feed the network, made from ``cali
 model's data set (read from the workspace): for segmentation the windows the sliding window cuts from each case
 preprocessed as :class:`vesalius.runtime.Predictor` preprocesses it (the runtime's own code places and pads them; at
 most :data:`WINDOWS_PER_CASE` per case, drawn with a fixed seed), for classification the prepared images. Training
-cases are the data set's cases that are neither in the fold's validation list of the model card nor in the source's
-test split (the card names only the validation cases).
+cases are those the model card lists for the fold.
 
 What stays float32 (:class:`Int8Settings`), measured on the Hippocampus U-Net (``Conv``, ``InstanceNormalization``,
 ``LeakyRelu``, ``Add``, ``Concat``, ``ConvTranspose``) with ONNX Runtime 1.32 on an AVX-512 VNNI / AMX CPU:
@@ -131,13 +130,18 @@ def _fold_split(card: dict[str, Any], fold: str, source: Path) -> dict[str, Any]
 
 
 def training_cases(dataset: Dataset, card: dict[str, Any], fold: str, source: Path) -> list[Case]:
-    """The cases of ``dataset`` that ``fold`` trained on, as far as the model card tells: every case neither in the
-    fold's validation list nor in the source's test split (the card names only the validation cases).
+    """The cases of ``dataset`` that ``fold`` trained on: those the model card lists under ``training``; for a card
+    without that list (an older export), every case neither in the fold's validation list nor in the source's test
+    split.
 
     Raises:
         VesaliusError: the card lists no split for ``fold``.
     """
-    validation = set(_fold_split(card, fold, source)["validation"])
+    split = _fold_split(card, fold, source)
+    if isinstance(split.get("training"), list):
+        listed = set(split["training"])
+        return [c for c in dataset.cases if c.case_id in listed]
+    validation = set(split["validation"])
     return [c for c in dataset.cases if c.case_id not in validation and c.split != "test"]
 
 

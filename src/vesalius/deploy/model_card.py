@@ -106,7 +106,12 @@ def model_card(
         or f"Research: automatic {task} of {channels} images like those of data set '{trained.dataset}'. "
         "Not for clinical diagnosis or treatment decisions.",
         "split": {
-            fold: {"train_cases": len(s["train"]), "validation_cases": len(s["val"]), "validation": s["val"]}
+            fold: {
+                "train_cases": len(s["train"]),
+                "validation_cases": len(s["val"]),
+                "training": s["train"],
+                "validation": s["val"],
+            }
             for fold, s in splits.items()
         },
         "validation": validation,
