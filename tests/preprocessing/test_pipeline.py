@@ -130,11 +130,12 @@ def test_a_killed_preprocessing_leaves_no_half_state_and_resumes(tmp_path: Path)
         "from vesalius.preprocessing.pipeline import preprocess_dataset\n"
         f"preprocess_dataset('phantom', '3d', {str(tmp_path / 'killed')!r}, workers=1)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ})
+    # a process group of its own, killed as a whole: its worker process must not outlive the test
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ}, start_new_session=True)
     deadline = time.monotonic() + 120
     while child.poll() is None and len(list(folder.glob("*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)  # plan.json and the first case are written
-    child.send_signal(signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     done = {p.stem for p in folder.glob("phantom_*.json")}
     assert 0 < len(done) < 8, "the kill came too early or too late"
