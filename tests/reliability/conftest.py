@@ -44,3 +44,11 @@ def untrained_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     package = write_package(tmp_path_factory.mktemp("cls_model") / "fold_0", trained, {"train": [], "val": []})
     package.save_checkpoint("final", {"model": build_trained_network(trained).state_dict()})
     return package.root
+
+
+@pytest.fixture(scope="session")
+def untrained_segmentation_package(untrained_segmentation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``untrained_segmentation`` exported as a package (``vesalius export``), to break."""
+    from vesalius.deploy.export import export_model
+
+    return export_model(untrained_segmentation, tmp_path_factory.mktemp("package") / "seg.vpkg")

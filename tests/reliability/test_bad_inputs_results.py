@@ -8,7 +8,9 @@ output where the refusal should come first. The session models (``untrained_segm
 
 from __future__ import annotations
 
+import json
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,6 +246,54 @@ def _(env: Env) -> Bad:
 def _(env: Env) -> Bad:
     source = image3d(env.tmp / "in" / "a.nii.gz")
     return _predict(env, env.tmp / "in", names=(str(source),), model=env.fixture("untrained_classifier"))
+
+
+def _broken_package(env: Env, breaker, *options: str, names: tuple[str, ...] = ()) -> Bad:  # type: ignore[no-untyped-def]
+    """A copy of the session's exported package, broken by ``breaker(path)``, predicted from one image; the error
+    must name the package and ``names``."""
+    package = Path(shutil.copy(env.fixture("untrained_segmentation_package"), env.tmp / "model.vpkg"))
+    breaker(package)
+    source = _phantom(env, env.tmp / "in" / "case.nii.gz")
+    return _predict(env, source, *options, names=(str(package), *names), model=package)
+
+
+def _rewrite_member(package: Path, member: str, change) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite ``package`` (a zip) with ``member``'s bytes replaced by ``change(bytes)``."""
+    with zipfile.ZipFile(package) as original:
+        members = {info.filename: original.read(info.filename) for info in original.infolist()}
+    members[member] = change(members[member])
+    with zipfile.ZipFile(package, "w") as rewritten:
+        for name, data in members.items():
+            rewritten.writestr(name, data)
+
+
+def _newer_format(data: bytes) -> bytes:
+    manifest = json.loads(data)
+    manifest["format_version"] += 1
+    return json.dumps(manifest).encode()
+
+
+@case("predict", "package-member-changed")
+def _(env: Env) -> Bad:
+    change = lambda p: _rewrite_member(p, "models/fold_0.onnx", lambda b: b[:-8] + bytes(8))  # noqa: E731
+    return _broken_package(env, change, names=("models/fold_0.onnx",))
+
+
+@case("predict", "package-truncated")
+def _(env: Env) -> Bad:
+    return _broken_package(env, truncated)
+
+
+@case("predict", "package-of-a-newer-format")
+def _(env: Env) -> Bad:
+    return _broken_package(env, lambda p: _rewrite_member(p, "manifest.json", _newer_format), names=("format version",))
+
+
+@case("predict", "package-device-option-on-onnxruntime")
+def _(env: Env) -> Bad:
+    package = shutil.copy(env.fixture("untrained_segmentation_package"), env.tmp / "model.vpkg")
+    source = _phantom(env, env.tmp / "in" / "case.nii.gz")
+    return _predict(env, source, "--device", "cuda:0", names=("device",), model=Path(package))
 
 
 @pytest.mark.parametrize("setup", **table("predict"))
