@@ -29,7 +29,7 @@ from torch import nn
 from vesalius.deploy.model_card import model_card, render_markdown
 from vesalius.errors import VesaliusError
 from vesalius.inference.model import LoadedModel, load_ensemble
-from vesalius.inference.segmentation import FAST_STEP
+from vesalius.inference.segmentation import FAST_STEP, agreed_postprocessing
 from vesalius.inference.sliding_window import GAUSSIAN_SIGMA_SCALE, _gaussian
 from vesalius.io.atomic import json_bytes
 from vesalius.io.schema import from_json, to_json
@@ -128,21 +128,15 @@ def export_network(
 
 
 def _postprocessing(models: Sequence[LoadedModel]) -> Postprocessing | None:
-    """The post-processing every fold decided on (as ``vesalius predict`` applies it), else ``None``."""
-    decisions = []
-    for m in models:
-        decision = m.package.postprocessing or {}
-        decisions.append(
-            Postprocessing(
-                keep_largest_component=tuple(decision.get("keep_largest_component", ())),
-                connectivity=decision.get("connectivity", "full"),
-                fill_holes=tuple(decision.get("fill_holes", ())),
-            )
-        )
-    first = decisions[0]
-    if first == Postprocessing() or any(d != first for d in decisions):
-        return None
-    return first
+    """The post-processing every fold decided on, as ``vesalius predict`` applies it
+    (:func:`vesalius.inference.segmentation.agreed_postprocessing`), else ``None``."""
+    decision = agreed_postprocessing(models) or {}
+    agreed = Postprocessing(
+        keep_largest_component=tuple(decision.get("keep_largest_component", ())),
+        connectivity=decision.get("connectivity", "full"),
+        fill_holes=tuple(decision.get("fill_holes", ())),
+    )
+    return None if agreed == Postprocessing() else agreed
 
 
 def _contract(models: Sequence[LoadedModel], name: str, network: Network) -> Contract:

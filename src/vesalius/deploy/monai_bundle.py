@@ -273,9 +273,9 @@ def _resampling(masked: bool) -> list[dict[str, Any]]:
 
 def _postprocessing_transforms(models: Sequence[LoadedModel]) -> list[dict[str, Any]]:
     """The label-map clean-up every fold decided on (:mod:`vesalius.inference.postprocess`), as MONAI transforms."""
-    from vesalius.inference.segmentation import _postprocessing
+    from vesalius.inference.segmentation import agreed_postprocessing
 
-    decision = _postprocessing(list(models))
+    decision = agreed_postprocessing(models)
     if not decision:
         return []
     transforms = []

@@ -17,7 +17,7 @@ from torch import nn
 
 from vesalius.inference.files import ModelInput, classify_cases, segment_cases
 from vesalius.inference.inputs import InputCase
-from vesalius.inference.segmentation import FAST_STEP, predict_image
+from vesalius.inference.segmentation import segmenter
 from vesalius.io import Image
 from vesalius.io.schema import from_json
 from vesalius.model_package import TrainedSegmentation
@@ -89,18 +89,13 @@ def predict_package_files(
     assert isinstance(contract, SegmentationContract)
     trained = from_json(TrainedSegmentation, trained_json)
 
-    def segment(image: Image) -> tuple[Image, Image | None]:
-        result = predict_image(
-            networks,
-            image,
-            trained,
-            mirror_axes=() if fast else None,
-            step=FAST_STEP if fast else 0.5,
-            device=device,
-            precision=precision or contract.precision,
-            return_probabilities=probabilities,
-        )
-        return result if isinstance(result, tuple) else (result, None)
-
+    segment = segmenter(
+        networks,
+        trained,
+        fast=fast,
+        probabilities=probabilities,
+        device=device,
+        precision=precision or contract.precision,
+    )
     decision = contract.postprocessing_decision(postprocess=postprocess, fill_holes=fill_holes)
     return segment_cases(source, output, inputs, segment, contract.labels, postprocessing=decision, on_case=on_case)

@@ -47,17 +47,20 @@ class ModelInput:
         """The case's image, refused in one line when it holds NaN or does not fit the model."""
         image = read_case(case)
         check_finite(image, case)
-        if image.num_channels != self.channels:
-            raise VesaliusError(
-                f"the image has {image.num_channels} channels, the model needs {self.channels}",
-                case.files[0],
-                "give the channels the model was trained with",
-            )
-        if image.ndim != self.spatial_dims:
-            raise VesaliusError(
-                f"a {image.ndim}D image for a {self.spatial_dims}D model", case.files[0], "use a matching model"
-            )
+        self.check(image, case.files[0])
         return image
+
+    def check(self, image: Image, source: str | Path, names: Sequence[str] = ()) -> None:
+        """Refuse (naming ``source``) an image whose channels or dimensions are not the model's; ``names``: the
+        model's channel names, for the message."""
+        if image.num_channels != self.channels or image.ndim != self.spatial_dims:
+            named = f" ({', '.join(names)})" if names else ""
+            raise VesaliusError(
+                f"a {image.ndim}D image with {image.num_channels} channel(s); the model takes {self.spatial_dims}D "
+                f"images with {self.channels} channel(s){named}",
+                source,
+                "give images like those the model was trained on",
+            )
 
 
 def segment_cases(

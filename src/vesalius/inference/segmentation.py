@@ -30,7 +30,7 @@ from vesalius.io import Image
 from vesalius.model_package import TrainedSegmentation, find_packages
 from vesalius.precision import autocast_dtype
 
-__all__ = ["FAST_STEP", "predict_image", "segment_files"]
+__all__ = ["FAST_STEP", "agreed_postprocessing", "predict_image", "segment_files", "segmenter"]
 
 #: Window step (fraction of the patch) without test-time augmentation (``--fast``).
 FAST_STEP = 0.75
@@ -101,7 +101,7 @@ def predict_image(
     return (labels, probabilities) if probabilities is not None else labels
 
 
-def _postprocessing(models: list[LoadedModel]) -> dict[str, Any] | None:
+def agreed_postprocessing(models: Sequence[LoadedModel]) -> dict[str, Any] | None:
     """The post-processing every fold of the ensemble decided on (the same operations), else None."""
     applied = []
     for m in models:
@@ -140,13 +140,34 @@ def segment_files(
     if not isinstance(trained, TrainedSegmentation):
         raise VesaliusError("a classifier, not a segmentation model", first.root, "use 'vesalius predict'")
     models = load_ensemble(model, checkpoint, device)
-    postprocessing = (_postprocessing(models) if postprocess else None) or {}
+    postprocessing = (agreed_postprocessing(models) if postprocess else None) or {}
     if fill_holes:
         postprocessing["fill_holes"] = trained.foreground_labels
 
+    networks = [m.network for m in models]
+    segment = segmenter(networks, trained, fast=fast, probabilities=probabilities, device=device, precision=precision)
+    inputs = ModelInput(len(trained.channels), trained.spatial_dims, Path(model))
+    return segment_cases(
+        source, output, inputs, segment, trained.labels, postprocessing=postprocessing, on_case=on_case
+    )
+
+
+def segmenter(
+    networks: Sequence[nn.Module],
+    trained: TrainedSegmentation,
+    *,
+    fast: bool = False,
+    probabilities: bool = False,
+    device: str = "cpu",
+    precision: str | None = None,
+) -> Callable[[Image], tuple[Image, Image | None]]:
+    """The function :func:`vesalius.inference.files.segment_cases` calls on each image: :func:`predict_image` with
+    the options of ``vesalius predict`` (``fast``: no mirroring and :data:`FAST_STEP`), returning the label map and,
+    with ``probabilities``, the probabilities (else ``None``)."""
+
     def segment(image: Image) -> tuple[Image, Image | None]:
         result = predict_image(
-            [m.network for m in models],
+            networks,
             image,
             trained,
             mirror_axes=() if fast else None,
@@ -157,7 +178,4 @@ def segment_files(
         )
         return result if isinstance(result, tuple) else (result, None)
 
-    inputs = ModelInput(len(trained.channels), trained.spatial_dims, Path(model))
-    return segment_cases(
-        source, output, inputs, segment, trained.labels, postprocessing=postprocessing, on_case=on_case
-    )
+    return segment

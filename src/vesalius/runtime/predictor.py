@@ -157,13 +157,7 @@ class Predictor:
 
     def _check(self, image: Image, source: Path | str) -> None:
         contract = self.contract
-        if image.num_channels != len(contract.channels) or image.ndim != contract.spatial_dims:
-            raise VesaliusError(
-                f"a {image.ndim}D image with {image.num_channels} channel(s); the model takes {contract.spatial_dims}D "
-                f"images with {len(contract.channels)} channel(s) ({', '.join(contract.channels)})",
-                source,
-                "give images like those the model was trained on",
-            )
+        ModelInput(len(contract.channels), contract.spatial_dims, self.path).check(image, source, contract.channels)
 
     # -- files -------------------------------------------------------------------------------------------------------
     def predict_files(
