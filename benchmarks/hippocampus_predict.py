@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from common import REPO_ROOT, dice_per_class, emit_json, machine_and_date, run_measured, shared_data
-from vesalius.cli import parse_duration
+from vesalius.units import parse_duration
 
 DATASET = "Task04_Hippocampus"
 WORK_DIR = REPO_ROOT / "benchmarks" / ".work"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO_ROOT, emit_json, machine_and_date, shared_data
-from vesalius.cli import parse_duration
+from vesalius.units import parse_duration
 
 DATASET = "Task04_Hippocampus"
 WORK_DIR = REPO_ROOT / "benchmarks" / ".work"

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from common import REPO_ROOT, emit_json, shared_data
-from vesalius.cli import parse_duration
+from vesalius.units import parse_duration
 
 WORK_DIR = REPO_ROOT / "benchmarks" / ".work" / "medmnist"
 SETS = {"breast": "breastmnist.npz", "adrenal28": "adrenalmnist3d.npz", "adrenal64": "adrenalmnist3d_64.npz"}

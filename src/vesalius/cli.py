@@ -7,7 +7,6 @@ A :class:`~vesalius.errors.VesaliusError` is printed as one line and exits with 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +18,9 @@ import typer
 from rich.console import Console
 
 from vesalius.errors import VesaliusError
+from vesalius.serving.commands_models import models_app
+from vesalius.serving.commands_serve import monitor_app, serve_app
+from vesalius.units import parse_duration
 
 app = typer.Typer(
     name="vesalius",
@@ -613,19 +615,6 @@ def _fold_number(text: str) -> int:
         raise VesaliusError(f"invalid fold '{text}'", remedy="use 0-4 or 'all'") from None
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in ``"30m"``, ``"2h"``, ``"90s"`` or ``"1800"``."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "s")
-    try:
-        seconds = float(value) * units[unit.lower()]
-    except ValueError:
-        raise VesaliusError(f"cannot read the duration '{text}'", remedy="write it like 30m, 2h or 900s") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise VesaliusError(f"the duration '{text}' must be positive", remedy="write it like 30m, 2h or 900s")
-    return seconds
-
-
 @app.command("export")
 def export_command(
     model: Annotated[Path, typer.Argument(help="Fold folder, or configuration folder (a fold ensemble).")],
@@ -748,6 +737,10 @@ def demo(
 
 
 #: Modules of the whole toolkit that ``pip install vesalius[runtime]`` does not bring.
+app.add_typer(serve_app, name="serve")
+app.add_typer(models_app, name="models", help="The model registry of the service: versions and aliases.")
+app.add_typer(monitor_app, name="monitor")
+
 FULL_TOOLKIT_MODULES = ("torch", "monai", "matplotlib", "jinja2", "highdicom", "tensorboard", "onnx", "onnxscript")
 
 

@@ -130,6 +130,10 @@ class Workspace:
         """``reports``."""
         return self.root / "reports"
 
+    def serving_dir(self) -> Path:
+        """``serving``: the model registry, API keys, jobs, the audit log of ``vesalius serve``."""
+        return self.root / "serving"
+
     def demo_dir(self, part: str) -> Path:
         """``demo_PART``: what ``vesalius demo`` generates (``sources``) and copies (``inputs``, ``references``)."""
         return self.root / f"demo_{part}"

@@ -16,7 +16,7 @@ import vesalius
 STEPS: list[tuple[str, ...]] = [
     ("errors",),
     ("io",),
-    ("workspace", "precision", "metrics", "outputs"),
+    ("workspace", "precision", "metrics", "outputs", "units"),
     ("data",),
     ("planning",),
     ("model_package",),
@@ -28,6 +28,7 @@ STEPS: list[tuple[str, ...]] = [
     ("evaluation",),
     ("runtime",),
     ("deploy",),
+    ("serving",),
     ("reporting",),
     ("viewer",),
     ("demo",),

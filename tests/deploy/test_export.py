@@ -299,3 +299,47 @@ def test_wrong_inputs_and_options_get_one_line(
 def test_export_refuses_to_overwrite_the_model(trained: Any) -> None:
     with pytest.raises(VesaliusError, match="inputs are never written to"):
         vesalius.export(trained.run_dir, trained.run_dir / "model.vpkg")
+
+
+# -- the validation outputs: the reference of output drift ----------------------------------------------------------
+def test_the_package_holds_the_validation_volumes_in_ml(segmentation_package: Path, trained: Any) -> None:
+    with Package(segmentation_package) as package:
+        stored = package.json("reference_outputs.json")
+    files = sorted((trained.run_dir / "validation").glob("*.nii.gz"))
+    assert {k: stored[k] for k in ("schema_version", "task", "cases")} == {
+        "schema_version": 1,
+        "task": "segmentation",
+        "cases": len(files),
+    }
+    assert len(files) == len(json.loads((trained.run_dir / "training.json").read_text())["split"]["val"])
+    for name, value in (("organ", 1), ("lesion", 2)):
+        expected = []
+        for path in files:
+            label_map = read_image(path)
+            voxel_mm3 = float(np.prod(label_map.geometry.spacing))  # anisotropic phantom spacing
+            expected.append(int((label_map.array == value).sum()) * voxel_mm3 / 1000)
+        assert stored["features"][f"volume_ml:{name}"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert max(stored["features"]["volume_ml:organ"]) > 0
+
+
+def test_the_package_holds_the_validation_probabilities(classification_package: Path, trained_synthetic: Any) -> None:
+    import csv
+
+    with Package(classification_package) as package:
+        stored = package.json("reference_outputs.json")
+    with (trained_synthetic.run_dir / "validation" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert stored["task"] == "classification" and stored["cases"] == len(rows) > 0
+    assert set(stored["features"]) == {"probability:absent", "probability:present"}
+    for name in ("absent", "present"):
+        assert stored["features"][f"probability:{name}"] == pytest.approx([float(r[f"p_{name}"]) for r in rows])
+
+
+def test_a_run_without_validation_has_no_reference_outputs(trained: Any, tmp_path: Path) -> None:
+    from vesalius.deploy.export import reference_outputs
+    from vesalius.model_package import find_packages
+
+    fold = tmp_path / "fold_0"
+    shutil.copytree(trained.run_dir, fold, ignore=shutil.ignore_patterns("validation", "checkpoint_*", "tensorboard"))
+    assert reference_outputs(find_packages(fold)) is None
+    assert reference_outputs(find_packages(trained.run_dir)) is not None

@@ -4,9 +4,13 @@ The package (:mod:`vesalius.runtime.package`) holds each fold's network twice, a
 for segmentation, dynamic spatial sizes in multiples of the network's strides; checked with ``onnx.checker``) and as
 a ``torch.export`` program, both made from one ``torch.export`` graph; the contract ``vesalius.json``
 (:mod:`vesalius.runtime.contract`) built from the trained configuration and the post-processing decision; the
-sliding window's weighting; the training fingerprint; the model card (:mod:`vesalius.deploy.model_card`); and each
-fold's ``model.json``. A classifier's graph ends in its probabilities (softmax, sigmoids or ordinal cumulative
-probabilities), so a runtime needs no task-specific arithmetic.
+sliding window's weighting; the training fingerprint; the outputs of the validation cases; the model card
+(:mod:`vesalius.deploy.model_card`); and each fold's ``model.json``. A classifier's graph ends in its probabilities
+(softmax, sigmoids or ordinal cumulative probabilities), so a runtime needs no task-specific arithmetic.
+
+The validation outputs, ``reference_outputs.json`` (:func:`reference_outputs`), are the reference of output drift
+(:mod:`vesalius.serving.drift`): each validation case's predicted volume per class (segmentation) or probability per
+class (classification); a package of runs that were not validated has none.
 
 Every ONNX model is checked against the torch network it came from on a random input before it is written: an
 export that changed the numbers fails here, not at a user's site.
@@ -28,12 +32,20 @@ from torch import nn
 
 from vesalius.deploy.model_card import model_card, render_markdown
 from vesalius.errors import VesaliusError
+from vesalius.evaluation.classification import read_predictions_csv
 from vesalius.inference.model import LoadedModel, load_ensemble
 from vesalius.inference.segmentation import FAST_STEP, agreed_postprocessing
 from vesalius.inference.sliding_window import GAUSSIAN_SIGMA_SCALE, _gaussian
+from vesalius.io import image_suffix, read_image
 from vesalius.io.atomic import json_bytes
 from vesalius.io.schema import from_json, to_json
-from vesalius.model_package import TrainedClassification, TrainedSegmentation, find_packages, versions
+from vesalius.model_package import (
+    ModelPackage,
+    TrainedClassification,
+    TrainedSegmentation,
+    find_packages,
+    versions,
+)
 from vesalius.models.classifiers import to_probabilities
 from vesalius.outputs import check_output
 from vesalius.preprocessing.spatial import ANISOTROPY_RATIO
@@ -47,7 +59,7 @@ from vesalius.runtime.contract import (
 )
 from vesalius.runtime.package import CONTRACT, SUFFIX, write_package
 
-__all__ = ["OPSET", "export_model", "export_network"]
+__all__ = ["OPSET", "REFERENCE_OUTPUTS", "export_model", "export_network", "reference_outputs"]
 
 #: The ONNX opset of exported networks (18: the first with ``Resize`` anti-aliasing and current ``Reduce*`` ops).
 OPSET = 18
@@ -182,6 +194,47 @@ def _contract(models: Sequence[LoadedModel], name: str, network: Network) -> Con
 
 
 WEIGHTS = "window_weights.npy"
+#: The member holding the validation outputs (:func:`reference_outputs`).
+REFERENCE_OUTPUTS = "reference_outputs.json"
+#: Version of the layout of ``reference_outputs.json``.
+REFERENCE_OUTPUTS_VERSION = 1
+
+
+def reference_outputs(packages: Sequence[ModelPackage]) -> dict[str, Any] | None:
+    """What the folds ``packages`` predicted for their validation cases, the reference of output drift; ``None`` when
+    none was validated.
+
+    Segmentation: from each validation label map (``validation/CASE.nii.gz``), the predicted volume of every
+    foreground class in mL (voxels x voxel volume in mm³ / 1000; 2D images: the area in cm², mm² / 100), as
+    ``volume_ml:NAME`` (``area_cm2:NAME``). Classification: each validation case's probability of every class
+    (``validation/predictions.csv``), as ``probability:NAME``. Values to 6 significant digits, one per case::
+
+        {"schema_version": 1, "task": "segmentation", "cases": N, "features": {"volume_ml:liver": [N values], ...}}
+    """
+    trained = packages[0].trained
+    features: dict[str, list[float]] = {}
+    cases = 0
+    for package in packages:
+        if isinstance(trained, TrainedSegmentation):
+            folder = package.validation_dir
+            files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p)) if folder.is_dir() else []
+            for path in files:
+                label_map = read_image(path)
+                spacing = label_map.geometry.spacing
+                kind, unit = ("volume_ml", 1000.0) if len(spacing) == 3 else ("area_cm2", 100.0)
+                voxel = float(np.prod(spacing)) / unit
+                for value, label in zip(trained.foreground_labels, trained.class_names, strict=True):
+                    volume = float(np.count_nonzero(label_map.array == value)) * voxel
+                    features.setdefault(f"{kind}:{label}", []).append(float(f"{volume:.6g}"))
+            cases += len(files)
+        elif package.validation_predictions_csv.is_file():
+            _, names, probabilities = read_predictions_csv(package.validation_predictions_csv)
+            for j, label in enumerate(names):
+                features.setdefault(f"probability:{label}", []).extend(float(f"{p:.6g}") for p in probabilities[:, j])
+            cases += len(probabilities)
+    if not cases:
+        return None
+    return {"schema_version": REFERENCE_OUTPUTS_VERSION, "task": trained.task, "cases": cases, "features": features}
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -247,6 +300,9 @@ def export_model(
         members[WEIGHTS] = _npy(_gaussian(tuple(trained.configuration.patch_size), "cpu").numpy())
     if packages[0].fingerprint is not None:
         members["fingerprint.json"] = json_bytes(packages[0].fingerprint)
+    outputs = reference_outputs(packages)
+    if outputs is not None:
+        members[REFERENCE_OUTPUTS] = json_bytes(outputs)
     card = model_card(packages, name, intended_use=intended_use, versions=versions())
     members["model_card.json"] = json_bytes(card)
     members["MODEL_CARD.md"] = render_markdown(card).encode("utf-8")

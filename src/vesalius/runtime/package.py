@@ -8,6 +8,8 @@ Members::
     models/fold_K.pt2      ... as a torch.export program
     window_weights.npy     segmentation: the sliding window's weighting
     fingerprint.json       the training data set's fingerprint (for drift monitoring), when recorded
+    reference_outputs.json the validation cases' predicted volumes (mL) or class probabilities (the reference of
+                           output drift), when the runs were validated
     MODEL_CARD.md, model_card.json   the model card
     folds/fold_K/model.json   each fold's trained configuration (for the torch backend and the record)
 
