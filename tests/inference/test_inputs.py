@@ -27,3 +27,16 @@ def test_list_inputs_groups_channel_files_and_names_cases(tmp_path, make):
         list_inputs(folder, channels=2)
     with pytest.raises(VesaliusError, match="needs 2 channels"):
         list_inputs(folder / "a_0000.nrrd", channels=2)
+
+
+def test_a_jpeg_gets_its_label_map_as_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """JPEG compression would change label values: the label map of a JPEG input is a PNG, other formats keep theirs."""
+    import SimpleITK as sitk
+
+    from vesalius.inference.inputs import list_inputs
+
+    for name in ("photo.jpg", "scan.png", "volume.nrrd"):
+        sitk.WriteImage(sitk.Image(8, 8, sitk.sitkUInt8), str(tmp_path / name))
+    suffixes = {case.case_id: case.suffix for case in list_inputs(tmp_path)}
+    assert suffixes == {"photo": ".png", "scan": ".png", "volume": ".nrrd"}
+    assert list_inputs(tmp_path / "photo.jpg")[0].suffix == ".png"

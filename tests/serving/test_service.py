@@ -146,7 +146,7 @@ def test_a_full_queue_answers_429_with_retry_after(serve, phantom: Path) -> None
 
 def test_a_killed_service_loses_no_job(serve, phantom: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     image = read_image(phantom)
-    big = Image(np.tile(image.array, (1, 3, 3, 2)), image.geometry)  # a few seconds per job
+    big = Image(np.tile(image.array, (1, 2, 2, 1)), image.geometry)  # a second or two per job
     write_image(big, tmp_path / "big.nii.gz")
     data = (tmp_path / "big.nii.gz").read_bytes()
     running: Running = serve("--workers", "1")
@@ -205,7 +205,7 @@ def test_drift_scores_rise_on_shifted_inputs(serve, phantom: Path, tmp_path: Pat
     image = read_image(phantom)
     write_image(Image(image.array * 3.0 + 500.0, image.geometry), tmp_path / "bright.nii.gz")
     shifted = read_image(tmp_path / "bright.nii.gz")
-    spacing = tuple(2 * s for s in image.geometry.spacing)
+    spacing = tuple(s / 2 for s in image.geometry.spacing)  # finer: fewer voxels after resampling, a quick job
     from dataclasses import replace
 
     write_image(Image(shifted.array, replace(image.geometry, spacing=spacing)), tmp_path / "shifted.nii.gz")

@@ -32,6 +32,17 @@ class InputCase:
         return self.files[0].is_dir()
 
 
+#: Formats whose compression would change label values: their label maps are written as PNG.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
+def label_suffix(path: Path) -> str:
+    """The format of an input's label map: the input's own, but PNG for a JPEG (lossy compression would blur the
+    label values) and NIfTI when the suffix says nothing."""
+    suffix = image_suffix(path) or ".nii.gz"
+    return ".png" if suffix in LOSSY_SUFFIXES else suffix
+
+
 def _is_dicom_folder(folder: Path) -> bool:
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     return bool(files) and all(image_suffix(p) in (".dcm", ".dicom", "") for p in files)
@@ -49,7 +60,7 @@ def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
                 source,
                 "give a folder of CASE_000N files",
             )
-        return [InputCase(strip_suffix(source), [source], image_suffix(source) or ".nii.gz")]
+        return [InputCase(strip_suffix(source), [source], label_suffix(source))]
     if _is_dicom_folder(source):
         return [InputCase(source.name, [source], ".nii.gz")]
     files = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
@@ -64,7 +75,7 @@ def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
                     p,
                     "give one file per case (only the channel the model was trained on)",
                 )
-        cases = [InputCase(strip_suffix(p), [p], image_suffix(p)) for p in files]
+        cases = [InputCase(strip_suffix(p), [p], label_suffix(p)) for p in files]
         cases += [InputCase(p.name, [p], ".nii.gz") for p in subfolders]
     else:
         groups: dict[str, list[Path]] = {}
@@ -84,7 +95,7 @@ def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
                     group[0],
                     "give one file per channel",
                 )
-            cases.append(InputCase(case_id, sorted(group), image_suffix(group[0])))
+            cases.append(InputCase(case_id, sorted(group), label_suffix(group[0])))
     if not cases:
         raise VesaliusError("no images in the folder", source, f"supported files: {', '.join(IMAGE_SUFFIXES)}")
     return sorted(cases, key=lambda c: c.case_id)

@@ -33,10 +33,11 @@ _UMASK = _read_umask()
 
 
 @contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = "", mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends without an error it replaces ``path``.
 
-    ``suffix`` ends the temporary name (for writers that choose the format by extension, e.g. ``.nii.gz``).
+    ``suffix`` ends the temporary name (for writers that choose the format by extension, e.g. ``.nii.gz``);
+    ``mode``: the file's permissions (default: those of a plainly created file), set before it takes the name.
     The temporary file is removed if the block raises.
     """
     path = Path(path)
@@ -45,7 +46,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_UMASK if mode is None else mode)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # writers report a full disk as OSError, or (torch, ITK) in their text
         full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e)
@@ -58,9 +59,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (with permissions ``mode``, see :func:`atomic_path`)."""
+    with atomic_path(path, mode=mode) as tmp:
         tmp.write_bytes(data)
 
 
@@ -69,9 +70,9 @@ def json_bytes(data: Any, indent: int = 2) -> bytes:
     return (json.dumps(data, indent=indent) + "\n").encode("utf-8")
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_bytes_atomic(path, json_bytes(data))
+def write_json_atomic(path: str | Path, data: Any, mode: int | None = None) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (with permissions ``mode``)."""
+    write_bytes_atomic(path, json_bytes(data), mode)
 
 
 def write_folder_atomic(path: str | Path, files: Mapping[str, bytes]) -> Path:

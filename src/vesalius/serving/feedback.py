@@ -54,8 +54,8 @@ def segmentation_feedback(job: Job, folder: Path, upload: Upload) -> dict[str, A
     if corrected.array.shape != served.array.shape:
         raise FeedbackError(
             422,
-            f"the correction's shape {corrected.array.shape} is not the prediction's {served.array.shape}: send a label map "
-            "on the input's grid",
+            f"the correction's shape {corrected.array.shape} is not the prediction's {served.array.shape}: send a "
+            "label map on the input's grid",
         )
     array = corrected.array[0]
     if not np.array_equal(array, np.round(array)) or not set(np.unique(array).astype(int)) <= {int(k) for k in labels}:

@@ -17,7 +17,6 @@ import builtins
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
@@ -175,5 +174,5 @@ class KeyStore:
 
     def _write(self, entries: builtins.list[tuple[ApiKey, str]]) -> None:
         keys = [{"name": k.name, "role": k.role, "created": k.created, "sha256": d} for k, d in entries]
-        write_json_atomic(self.path, {"format": _FORMAT, "keys": keys})
-        os.chmod(self.path, 0o600)  # hashes only, yet nobody else needs to read it
+        # hashes only, yet nobody else needs to read it: 0600 from the start, never readable by others in between
+        write_json_atomic(self.path, {"format": _FORMAT, "keys": keys}, mode=0o600)
