@@ -59,7 +59,7 @@ from vesalius.runtime.contract import (
 )
 from vesalius.runtime.package import CONTRACT, SUFFIX, write_package
 
-__all__ = ["OPSET", "REFERENCE_OUTPUTS", "export_model", "export_network", "reference_outputs"]
+__all__ = ["CLASSIFIER_MODULE", "OPSET", "REFERENCE_OUTPUTS", "export_model", "export_network", "reference_outputs"]
 
 #: The ONNX opset of exported networks (18: the first with ``Resize`` anti-aliasing and current ``Reduce*`` ops).
 OPSET = 18
@@ -69,12 +69,16 @@ MAX_BATCH = 4096
 EXPORT_ATOL = 1e-3
 
 
+#: The name of the classifier inside a classifier package's exported graph (its layers are ``network.NAME``).
+CLASSIFIER_MODULE = "network"
+
+
 class _Probabilities(nn.Module):
     """A classifier followed by its probabilities (:func:`vesalius.models.classifiers.to_probabilities`)."""
 
     def __init__(self, network: nn.Module, target_type: str) -> None:
         super().__init__()
-        self.network = network
+        self.network = network  # named CLASSIFIER_MODULE
         self.target_type = target_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

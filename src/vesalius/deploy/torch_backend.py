@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vesalius.deploy.export import CLASSIFIER_MODULE
+from vesalius.errors import VesaliusError
 from vesalius.inference.files import ModelInput, classify_cases, segment_cases
 from vesalius.inference.inputs import InputCase
 from vesalius.inference.segmentation import segmenter
@@ -26,7 +28,7 @@ from vesalius.preprocessing.classification import prepare_image
 from vesalius.runtime.contract import ClassificationContract, SegmentationContract
 from vesalius.runtime.package import Package
 
-__all__ = ["ExportedNetwork", "predict_package_files"]
+__all__ = ["ExportedNetwork", "package_gradcam", "predict_package_files"]
 
 
 class ExportedNetwork(nn.Module):
@@ -49,6 +51,45 @@ def _networks(package: Package, device: str) -> list[ExportedNetwork]:
         ExportedNetwork(torch.export.load(io.BytesIO(package.read(m))), device)
         for m in package.contract.network.torch_export
     ]
+
+
+def package_gradcam(package: str | Path) -> Callable[[Image, int], tuple[np.ndarray, np.ndarray]]:
+    """Grad-CAM of a classifier package (for ``vesalius serve``'s explanations), from its ``torch.export`` programs.
+
+    The programs are unflattened (their module tree restored), so MONAI's ``GradCAM`` hooks the same stage the
+    toolkit explains (:func:`vesalius.models.classifiers.gradcam_layer`, found on the fold's configuration). The
+    exported graphs end in the probabilities, so the maps weigh the gradient of the class probability, not of its
+    logit: the same regions, ranked by evidence for that class against the others. Returns
+    ``explain(image, class_index) -> (prepared image (C, *size), map (*size) in [0, 1], averaged over the folds)``.
+    """
+    from vesalius.inference.gradcam import gradcam_map, make_gradcam
+    from vesalius.inference.model import build_trained_network
+    from vesalius.model_package import TrainedClassification
+    from vesalius.models.classifiers import gradcam_layer
+
+    with Package(package) as opened:
+        contract = opened.contract
+        if not isinstance(contract, ClassificationContract):
+            raise VesaliusError("Grad-CAM explains classifiers; this is a segmentation model", package, "leave it out")
+        programs = [torch.export.load(io.BytesIO(opened.read(m))) for m in contract.network.torch_export]
+        fold = contract.network.onnx[0].removeprefix("models/").removesuffix(".onnx")
+        trained = from_json(TrainedClassification, opened.json(f"folds/{fold}/model.json"))
+    shape = (len(contract.channels), *contract.input_size)
+    layer = gradcam_layer(build_trained_network(trained), trained.network.name, shape)
+    cams = []
+    for program in programs:
+        module = torch.export.unflatten(program)
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+        cams.append(make_gradcam(module, f"{CLASSIFIER_MODULE}.{layer}"))
+
+    def explain(image: Image, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        prepared = prepare_image(image.array, contract.normalization, contract.input_size)
+        x = torch.from_numpy(np.ascontiguousarray(prepared[None], np.float32))
+        heat = np.mean([gradcam_map(cam, x, class_index) for cam in cams], axis=0)
+        return prepared, heat
+
+    return explain
 
 
 def predict_package_files(

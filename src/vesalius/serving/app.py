@@ -9,7 +9,8 @@ Routes (``KEY``: the header ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``;
 ``GET /v1/jobs/{id}``                      predict   state, progress, timings, model name/version/package SHA-256
 ``GET /v1/jobs/{id}/result``               predict   the label map in the input's format and grid (DICOM input: a
                                                      DICOM-SEG); a classifier's probabilities as JSON
-``GET /v1/jobs/{id}/result/{part}``        predict   ``labels``, ``dicom-seg``, ``measurements`` (JSON)
+``GET /v1/jobs/{id}/result/{part}``        predict   ``labels``, ``dicom-seg``, ``measurements`` (JSON); a classifier's
+                                                     ``gradcam`` (PNG) when asked for with ``?explain=gradcam``
 ``DELETE /v1/jobs/{id}``                   predict   cancel a queued job, or delete a finished job's files
 ``POST /v1/jobs/{id}/feedback``            predict   the corrected label map (its bytes), or ``{"label": NAME}``
 ``GET /v1/models``                         predict   the registry: versions, aliases, metrics
@@ -39,7 +40,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -95,6 +96,8 @@ class Service:
         self.metrics = ServiceMetrics()
         self.workers = WorkerPool(settings, self.store, self.registry, self.metrics)
         self._stop = threading.Event()
+        self._admission = threading.Lock()
+        self._uploading = 0
         self._retention: threading.Thread | None = None
 
     def start(self) -> None:
@@ -126,6 +129,22 @@ class Service:
                 self.expire()
             except Exception:  # a failed sweep is retried at the next one
                 log.exception("retention sweep failed")
+
+    def admit(self) -> bool:
+        """Reserve a place in the queue for a request whose upload is about to be received; ``False`` when the queue
+        (jobs queued and uploads in progress) is full. Requests that arrive together are counted as they come, not
+        only once their jobs are stored, so a burst cannot overfill the queue. :meth:`admitted` ends the
+        reservation."""
+        with self._admission:
+            if self.store.count() + self._uploading >= self.settings.queue_limit:
+                return False
+            self._uploading += 1
+            return True
+
+    def admitted(self) -> None:
+        """End a reservation of :meth:`admit` (the job is stored, or the upload was refused)."""
+        with self._admission:
+            self._uploading -= 1
 
     def retry_after(self) -> int:
         """Seconds a client should wait before sending again when the queue is full."""
@@ -282,10 +301,13 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
         key: PredictKey,
         wait: Annotated[float, Query(ge=0, description="seconds to wait for the result")] = 0.0,
         version: Annotated[str | None, Query(description="a version (v2) or alias; default: production")] = None,
+        explain: Annotated[
+            Literal["gradcam"] | None, Query(description="classification: also a Grad-CAM overlay (needs torch)")
+        ] = None,
     ) -> JSONResponse:
         chosen = resolve(name, version)
         request.state.model, request.state.version = chosen.name, chosen.version
-        if service.store.count() >= settings.queue_limit:
+        if not service.admit():
             _audit(request, key, 429, model=chosen.name, version=chosen.version)
             raise ApiError(429, "the queue is full", {"Retry-After": str(service.retry_after())})
         job_id = new_job_id()
@@ -294,10 +316,14 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
             upload = await _receive(request, incoming / "input")
             await run_in_threadpool(check_voxels, upload, settings.limits)
         except UploadError as e:
+            service.admitted()
             shutil.rmtree(incoming, ignore_errors=True)
             _audit(request, key, e.status, model=chosen.name, version=chosen.version)
             raise ApiError(e.status, e.message) from None
-        options: dict[str, Any] = {}
+        except BaseException:
+            service.admitted()
+            raise
+        options: dict[str, Any] = {"explain": explain} if explain and chosen.task == "classification" else {}
         shadow = _shadow_version(name, chosen, job_id) if version is None else None
         if shadow is not None:
             options["shadow"] = {"version": shadow.version}
@@ -320,7 +346,10 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
             options=options,
         )
         incoming.rename(settings.jobs_dir / job_id)
-        await run_in_threadpool(service.store.add, job)
+        try:
+            await run_in_threadpool(service.store.add, job)
+        finally:
+            service.admitted()
         service.workers.notify()
         _audit(
             request,
@@ -363,7 +392,10 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
     def get_result(request: Request, job_id: str, key: PredictKey) -> Response:
         job = own_job(job_id, key)
         if job.task == "classification":
-            return JSONResponse(_finished(job).result, headers=_provenance_headers(job))
+            return JSONResponse(
+                {k: v for k, v in (_finished(job).result or {}).items() if k != "files"},
+                headers=_provenance_headers(job),
+            )
         part = "dicom-seg" if "dicom_seg" in (_finished(job).result or {}).get("files", {}) else "labels"
         return get_result_part(request, job_id, part, key)
 
@@ -375,11 +407,13 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
         headers = _provenance_headers(job)
         if part == "measurements" and job.task == "segmentation":
             return JSONResponse(json.loads((folder / "measurements.json").read_text()), headers=headers)
-        member = {"labels": files.get("labels"), "dicom-seg": files.get("dicom_seg")}.get(part)
-        if member is None:
-            choices = "labels, measurements" + (", dicom-seg" if files.get("dicom_seg") else "")
-            raise ApiError(404, f"no result part '{part[:40]}'; this job has: {choices}")
-        path = folder / member
+        member = {"labels": files.get("labels"), "dicom-seg": files.get("dicom_seg"), "gradcam": files.get("gradcam")}
+        if member.get(part) is None:
+            available = {p for p, f in member.items() if f} | (
+                {"measurements"} if job.task == "segmentation" else set()
+            )
+            raise ApiError(404, f"no result part '{part[:40]}'; this job has: {', '.join(sorted(available))}")
+        path = folder / member[part]
         media = "application/dicom" if part == "dicom-seg" else _media_type(path)
         _audit(request, key, 200, model=job.model, version=job.version, job=job.id)
         return FileResponse(path, media_type=media, filename=f"{job.id}_{part}{_suffix(path)}", headers=headers)

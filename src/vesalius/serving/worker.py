@@ -121,6 +121,7 @@ class WorkerPool:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
+        self._explainers: dict[str, Callable[[Image, int], tuple[np.ndarray, np.ndarray]]] = {}
 
     def start(self) -> None:
         self.metrics.workers.set(self.settings.workers)
@@ -219,11 +220,31 @@ class WorkerPool:
             "probabilities": {n: float(p) for n, p in zip(names, probabilities, strict=True)},
             **_provenance(job),
         }
+        if job.options.get("explain") == "gradcam":
+            result["files"] = {"gradcam": self._gradcam(version, image, probabilities, folder / "result")}
         write_json_atomic(folder / "result" / "result.json", result)
         features = input_features(image, None, "classification") | output_features(
             "classification", probabilities=probabilities, names=names
         )
         return {"result": result, "features": features, "timings": timings}
+
+    def _gradcam(self, version: ModelVersion, image: Image, probabilities: np.ndarray, folder: Path) -> str:
+        """The Grad-CAM overlay of the predicted class (``gradcam.png``), from the package's torch programs."""
+        try:
+            from vesalius.deploy.torch_backend import package_gradcam
+            from vesalius.inference.gradcam import write_overlay
+        except ModuleNotFoundError as e:
+            raise VesaliusError(
+                f"Grad-CAM needs {e.name}, which this install leaves out",
+                None,
+                "install vesalius[all] beside the service",
+            ) from None
+        explain = self._explainers.get(version.sha256)
+        if explain is None:
+            explain = self._explainers.setdefault(version.sha256, package_gradcam(version.path))
+        prepared, heat = explain(image, int(np.argmax(probabilities)))
+        write_overlay(prepared, heat, folder / "gradcam.png")
+        return "gradcam.png"
 
     def _segment(
         self,
