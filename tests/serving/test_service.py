@@ -348,3 +348,17 @@ def test_a_classifier_answers_probabilities(service_workspace, classification_pa
             assert read_image(tmp_path / "gradcam.png").spatial_shape[0] >= 48
     finally:
         running.stop(signal.SIGKILL)
+
+
+def test_retention_deletes_a_job_s_files_and_keeps_its_record(serve, phantom: Path) -> None:  # type: ignore[no-untyped-def]
+    running: Running = serve("--retention", "1s")
+    with running.client(running.user) as client:
+        job = post(client, "phantom", phantom.read_bytes(), wait=60).json()
+        assert job["state"] == "succeeded"
+        folder = running.workspace / "serving" / "jobs" / job["id"]
+        deadline = time.monotonic() + 30
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not folder.exists()
+        assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "expired"
+        assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 410

@@ -98,7 +98,6 @@ class WorkerPool:
         store: the job store.
         registry: the model registry (to find each job's package).
         metrics: where job counts, durations, queue depth, utilisation and drift scores go.
-        on_job_end: called with each job as it ended (after the store is updated).
     """
 
     def __init__(
@@ -107,14 +106,12 @@ class WorkerPool:
         store: JobStore,
         registry: Registry,
         metrics: ServiceMetrics,
-        on_job_end: Callable[[Job], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.metrics = metrics
         self.models = LoadedModels(settings.intra_op_threads)
-        self.on_job_end = on_job_end
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -158,6 +155,8 @@ class WorkerPool:
                 self.metrics.workers_busy.set(self._busy)
             try:
                 self._run(job)
+            except Exception:  # the store failed while ending the job: the worker goes on with the next
+                log.exception("job %s could not be ended", job.id)
             finally:
                 with self._busy_lock:
                     self._busy -= 1
@@ -188,11 +187,11 @@ class WorkerPool:
         self.metrics.jobs.labels(job.model, job.version, state).inc()
         self.metrics.job_seconds.labels(job.model, job.version).observe(finished - started)
         self.metrics.queue_seconds.labels(job.model, job.version).observe(started - job.created)
-        ended = self.store.get(job.id)
         if state == "succeeded":
-            self._update_drift(job)
-        if self.on_job_end and ended is not None:
-            self.on_job_end(ended)
+            try:
+                self._update_drift(job)
+            except Exception:  # monitoring must never stop a worker
+                log.exception("drift scores of %s %s not updated", job.model, job.version)
 
     def _predict(self, job: Job, folder: Path) -> dict[str, Any]:
         version = self.registry.resolve(job.model, job.version)
