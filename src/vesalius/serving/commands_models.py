@@ -11,12 +11,14 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from vesalius.serving.registry import DEFAULT_ALIAS, ModelVersion, Registry
+if TYPE_CHECKING:  # the registry loads only when a command runs: `vesalius --help` stays quick
+    from vesalius.serving.registry import ModelVersion, Registry
+
 
 __all__ = ["models_app", "registry_of"]
 
@@ -35,6 +37,7 @@ AliasOption = Annotated[str, typer.Option("--alias", help="The alias (the servic
 
 def registry_of(workspace: Path | None) -> Registry:
     """The registry of the workspace ``workspace`` (``None``: the default one)."""
+    from vesalius.serving.registry import Registry
     from vesalius.workspace import Workspace
 
     return Registry(Workspace.resolve(workspace).serving_dir() / "registry")
@@ -115,7 +118,7 @@ def _moved(version: ModelVersion, alias: str, before: str | None) -> None:
 def promote(
     name: Annotated[str, typer.Argument(help="The model.")],
     version: Annotated[str, typer.Argument(help="The version, e.g. v3 (or 3).")],
-    alias: AliasOption = DEFAULT_ALIAS,
+    alias: AliasOption = "production",
     workspace: WorkspaceOption = None,
 ) -> None:
     """Point an alias at a version; a running service answers with it from its next request."""
@@ -127,7 +130,7 @@ def promote(
 @models_app.command("rollback")
 def rollback(
     name: Annotated[str, typer.Argument(help="The model.")],
-    alias: AliasOption = DEFAULT_ALIAS,
+    alias: AliasOption = "production",
     workspace: WorkspaceOption = None,
 ) -> None:
     """Point an alias back at the version it pointed at before its last promotion."""
