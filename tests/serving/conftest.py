@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,10 +53,11 @@ class Running:
     log: Path
     admin: str
     user: str
+    verify: ssl.SSLContext | bool = True
 
     def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=self.verify)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
@@ -78,13 +80,16 @@ def start(workspace: Path, *options: str, admin: str = "", user: str = "") -> Ru
             start_new_session=True,  # its own process group: stop() ends the service and nothing else
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
-    running = Running(f"http://127.0.0.1:{port}", workspace, process, log, admin, user)
+    certificate = options[options.index("--ssl-certfile") + 1] if "--ssl-certfile" in options else None
+    scheme = "https" if certificate else "http"
+    verify = ssl.create_default_context(cafile=certificate) if certificate else True
+    running = Running(f"{scheme}://127.0.0.1:{port}", workspace, process, log, admin, user, verify)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the service ended (exit {process.returncode}):\n{running.log_text()}")
         try:
-            if httpx.get(f"{running.url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{running.url}/healthz", timeout=1, verify=running.verify).status_code == 200:
                 return running
         except httpx.TransportError:
             pass

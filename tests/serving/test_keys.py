@@ -80,15 +80,15 @@ def test_a_running_store_sees_keys_added_and_removed_by_another(tmp_path: Path) 
 def test_a_damaged_file_lets_nobody_in(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys.json")
     token = store.add("alice", "admin")
-    good = store.path.read_text()
+    good = store.path.read_text(encoding="utf-8")
     for damaged in ('{"format": 1, "keys": [{"name": "alice"}]}', good.replace('"sha256": "', '"sha256": "\u00e9')):
-        store.path.write_text(damaged)
+        store.path.write_text(damaged, encoding="utf-8")
         with pytest.raises(VesaliusError, match="not in the expected form"):
             store.authenticate(token)
-    store.path.write_text("{not json")
+    store.path.write_text("{not json", encoding="utf-8")
     with pytest.raises(VesaliusError, match="cannot read the API keys"):
         store.authenticate(token)
-    store.path.write_text(good)
+    store.path.write_text(good, encoding="utf-8")
     assert store.authenticate(token) is not None
 
 

@@ -8,7 +8,9 @@ metrics, feedback and the monitor report, and the audit log.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -362,3 +364,23 @@ def test_retention_deletes_a_job_s_files_and_keeps_its_record(serve, phantom: Pa
         assert not folder.exists()
         assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "expired"
         assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 410
+
+
+def test_tls_through_uvicorn(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate to test TLS with")
+    key, certificate = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    running: Running = serve("--ssl-keyfile", str(key), "--ssl-certfile", str(certificate))
+    assert running.url.startswith("https://")
+    with running.client(running.user) as client:
+        assert client.get("/v1/models").status_code == 200
+    with pytest.raises(httpx.TransportError):  # plain HTTP is not answered
+        httpx.get(running.url.replace("https://", "http://") + "/healthz", timeout=5)

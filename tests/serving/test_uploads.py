@@ -9,8 +9,10 @@ import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,10 +33,17 @@ async def _stream(data: bytes, size: int, taken: list[int]) -> AsyncIterator[byt
         yield data[start : start + size]
 
 
+def run(coroutine: Coroutine[Any, Any, Upload]) -> Upload:
+    """Run ``coroutine`` to its end in a thread of its own: the thread running the tests may hold an event loop
+    already (Playwright's synchronous API keeps one for the browser tests)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def _receive(
     data: bytes, folder: Path, limits: Limits = Limits(), declared: int | None = None, chunk: int = 4096
 ) -> Upload:
-    return asyncio.run(receive(_stream(data, chunk, []), folder, limits, declared))
+    return run(receive(_stream(data, chunk, []), folder, limits, declared))
 
 
 def _refused(data: bytes, folder: Path, limits: Limits = Limits(), declared: int | None = None) -> UploadError:
@@ -133,7 +142,7 @@ def test_truncated_and_paired_nifti_are_refused(tmp_path: Path) -> None:
 def test_declared_length_over_the_limit_is_refused_before_reading(tmp_path: Path) -> None:
     taken: list[int] = []
     with pytest.raises(UploadError) as caught:
-        asyncio.run(receive(_stream(b"x" * 100, 10, taken), tmp_path / "job", SMALL, 2 << 20))
+        run(receive(_stream(b"x" * 100, 10, taken), tmp_path / "job", SMALL, 2 << 20))
     assert caught.value.status == 413 and "1 MiB" in caught.value.message
     assert taken == [] and not (tmp_path / "job").exists()
 
@@ -142,7 +151,7 @@ def test_streamed_length_over_the_limit_stops_reading_and_removes_the_partial_fi
     taken: list[int] = []
     data = _written(tmp_path, ".nrrd", _volume()) + b"\0" * (3 << 20)
     with pytest.raises(UploadError) as caught:
-        asyncio.run(receive(_stream(data, 64 << 10, taken), tmp_path / "job", SMALL, None))  # no Content-Length
+        run(receive(_stream(data, 64 << 10, taken), tmp_path / "job", SMALL, None))  # no Content-Length
     assert caught.value.status == 413
     assert len(taken) == 17  # 16 chunks fill the megabyte, the 17th passes it: nothing more is read
     assert list((tmp_path / "job").iterdir()) == []
@@ -154,7 +163,7 @@ def test_a_body_cut_off_leaves_nothing(tmp_path: Path) -> None:
         raise ConnectionResetError("client went away")
 
     with pytest.raises(ConnectionResetError):
-        asyncio.run(receive(cut(), tmp_path / "job"))
+        run(receive(cut(), tmp_path / "job"))
     assert list((tmp_path / "job").iterdir()) == []
 
 

@@ -406,7 +406,7 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
         files = (job.result or {}).get("files", {})
         headers = _provenance_headers(job)
         if part == "measurements" and job.task == "segmentation":
-            return JSONResponse(json.loads((folder / "measurements.json").read_text()), headers=headers)
+            return JSONResponse(json.loads((folder / "measurements.json").read_bytes()), headers=headers)
         member = {"labels": files.get("labels"), "dicom-seg": files.get("dicom_seg"), "gradcam": files.get("gradcam")}
         if member.get(part) is None:
             available = {p for p, f in member.items() if f} | (
