@@ -175,13 +175,24 @@ def test_a_killed_service_loses_no_job(serve, phantom: Path, tmp_path: Path) -> 
 def test_promotion_and_rollback_while_requests_run(serve, phantom: Path, segmentation_packages) -> None:  # type: ignore[no-untyped-def]
     running: Running = serve("--workers", "2")
     data = phantom.read_bytes()
-    answers: list[httpx.Response] = []
+    answers: list[tuple[float, float, httpx.Response]] = []  # when the request was sent, when answered, the answer
     stop = threading.Event()
 
     def client_loop() -> None:
         with running.client(running.user) as client:
             while not stop.is_set():
-                answers.append(post(client, "phantom", data, wait=60))
+                sent = time.monotonic()
+                answer = post(client, "phantom", data, wait=60)
+                answers.append((sent, time.monotonic(), answer))
+
+    def wait_for_answer(sent_after: float, version: str) -> None:
+        """Until a request sent after ``sent_after`` has been answered by ``version`` (or 120 s)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(t > sent_after and a.json().get("version") == version for t, _, a in list(answers)):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no answer from {version} for a request sent after the change")
 
     threads = [threading.Thread(target=client_loop) for _ in range(3)]
     for t in threads:
@@ -193,19 +204,23 @@ def test_promotion_and_rollback_while_requests_run(serve, phantom: Path, segment
             headers={"Content-Type": "application/octet-stream"},
         )
         assert added.status_code == 201 and added.json()["version"] == "v2"
-        time.sleep(1.0)
+        promoting = time.monotonic()
         assert admin.put("/v1/models/phantom/aliases/production", json={"version": "v2"}).status_code == 200
-        time.sleep(2.0)
+        promoted = time.monotonic()
+        wait_for_answer(promoted, "v2")
+        rolling_back = time.monotonic()
         assert admin.post("/v1/models/phantom/rollback").json()["version"] == "v1"
-        time.sleep(1.0)
+        rolled_back = time.monotonic()
+        wait_for_answer(rolled_back, "v1")
     stop.set()
     for t in threads:
         t.join()
-    states = [a.json()["state"] for a in answers]
-    assert all(a.status_code == 200 for a in answers) and set(states) == {"succeeded"}, states
-    versions = [a.json()["version"] for a in answers]
-    assert "v2" in versions and versions[-1] == "v1" and versions[0] == "v1"
-    assert all(a.json()["package_sha256"] for a in answers)
+    assert all(a.status_code == 200 and a.json()["state"] == "succeeded" for _, _, a in answers), answers
+    # a job keeps the version it was resolved to when it was sent: after a change, new requests get the new version
+    assert all(a.json()["version"] == "v2" for t, done, a in answers if t > promoted and done < rolling_back)
+    assert all(a.json()["version"] == "v1" for t, _, a in answers if t > rolled_back)
+    assert all(a.json()["version"] == "v1" for _, done, a in answers if done < promoting)
+    assert all(len(a.json()["package_sha256"]) == 64 for _, _, a in answers)
 
 
 def test_drift_scores_rise_on_shifted_inputs(serve, phantom: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
