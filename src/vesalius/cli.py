@@ -561,24 +561,65 @@ def view(
     ] = None,
     seg: Annotated[Path | None, typer.Option(help="Prediction: a file, or a folder matched by case id.")] = None,
     ref: Annotated[Path | None, typer.Option(help="Reference: a file, or a folder matched by case id.")] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Label names for files: a dataset.json, a data set's name or a run folder."),
+    ] = None,
+    review: Annotated[
+        str, typer.Option(help="Name of the review: verdicts and corrections go to WORKSPACE/reviews/NAME.")
+    ] = "default",
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8765,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Browse cases and metrics in a local web viewer (NiiVue): overlays, three planes, 3D, window/level."""
+    """Browse and review cases in a local web viewer (NiiVue): overlays, metrics, verdicts, corrections.
+
+    Verdicts, notes and corrected label maps go to WORKSPACE/reviews/NAME (the workspace viewed, else the default
+    workspace), never next to the inputs.
+    """
+    from vesalius.evaluation.segmentation import label_names
     from vesalius.viewer.app import NIIVUE_BUNDLE, create_app, install_hint, serve
     from vesalius.viewer.cases import collect_cases
+    from vesalius.viewer.review import Review
     from vesalius.workspace import Workspace
 
-    cases = collect_cases(list(paths) if paths else [Workspace.resolve(workspace).root], seg, ref)
+    if not review or not review.replace("-", "").replace("_", "").isalnum():
+        raise VesaliusError(f"invalid review name '{review}'", remedy="use letters, digits, '-' and '_'")
+    roots = list(paths) if paths else [Workspace.resolve(workspace).root]
+    names = label_names(labels, workspace) if labels is not None else None
+    cases = collect_cases(roots, seg, ref, names)
+    viewed = roots[0] if len(roots) == 1 and Workspace.holds_workspace(roots[0]) else None
+    ws = Workspace.resolve(viewed if viewed is not None else workspace)
     if not NIIVUE_BUNDLE.is_file():
         err.print(f"warning: NiiVue is not installed, the page cannot draw images: {install_hint()}", markup=False)
     serve(
-        create_app(cases),
+        create_app(cases, review=Review(ws.root / "reviews" / review)),
         host,
         port,
         on_ready=lambda url: out.print(f"Vesalius viewer: {url} ({len(cases)} cases; Ctrl+C stops)", markup=False),
     )
+
+
+corrections_app = typer.Typer(help="Corrections drawn in the viewer: export them as a data set.", no_args_is_help=True)
+app.add_typer(corrections_app, name="corrections")
+
+
+@corrections_app.command("export")
+def corrections_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The data set folder to write (pairs layout).")],
+    review: Annotated[str, typer.Option(help="The review's name (vesalius view --review NAME).")] = "default",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write the cases corrected in the viewer (their images and corrected label maps) as a folder that
+    'vesalius import' takes as a new data set."""
+    from vesalius.viewer.review import Review
+    from vesalius.workspace import Workspace
+
+    folder = Workspace.resolve(workspace).root / "reviews" / review
+    if not (folder / "review.json").is_file():
+        raise VesaliusError("no review of this name", folder, "check --review and --workspace (vesalius view)")
+    written, count = Review(folder).export_corrections(output)
+    out.print(f"{count} corrected case(s) written to {written}; import them with: vesalius import {written} NAME")
 
 
 def _check_same_grid(image: Any, other: Any, path: Path, what: str) -> None:

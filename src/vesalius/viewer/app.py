@@ -5,8 +5,17 @@ Routes:
 - ``/``: the page (``static/index.html``, with ``viewer.js`` and ``viewer.css``);
 - ``/niivue.js``: NiiVue's browser bundle from ``node_modules`` next to this file (installed by ``make setup``
   from ``package-lock.json``; never copied into the repository);
-- ``/api/status``: whether NiiVue is installed (and the one line that installs it), the label palette;
-- ``/api/cases``: the case list with per-case metrics, and ``broken`` (why a case cannot be shown, or ``null``);
+- ``/api/status``: whether NiiVue is installed (and the one line that installs it), the label palette (the one of
+  ``vesalius overlay`` and the HTML report: :data:`vesalius.reporting.overlay.PALETTE`), the verdicts;
+- ``/api/cases``: the case list with per-case metrics, the review (verdict, note, corrected) and ``broken`` (why a
+  case cannot be shown, or ``null``). Where a case has a prediction and a reference, its ``dice NAME`` and
+  ``hd95 NAME`` per label are computed once (cached for the server's life) with
+  :func:`vesalius.metrics.segmentation.segmentation_metrics`, as ``vesalius evaluate`` does (tolerance 1 mm,
+  the case's labels, else every label value found in the references): the same figures as its ``metrics.csv``;
+- ``PUT /api/cases/{index}/review``: ``{"verdict": one of VERDICTS or null, "note": text}``, saved to the review
+  folder (:mod:`vesalius.viewer.review`);
+- ``POST /api/cases/{index}/correction``: the page's drawing (NiiVue's NIfTI of it, optionally gzipped), written
+  as ``corrections/CASE.nii.gz`` on the case image's exact grid (a drawing of another shape is refused, 422);
 - ``/api/cases/{index}/{image|prediction|reference}.nii.gz``: a volume as gzipped NIfTI. NIfTI files are sent as
   they are, once checked (a corrupt or truncated file is refused, not handed to the browser to fail there); other
   formats are converted once into the app's own temporary folder (pictures with three channels become grey),
@@ -34,11 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from vesalius.errors import VesaliusError
 from vesalius.io import image_suffix
 from vesalius.reporting.overlay import PALETTE
 from vesalius.viewer.cases import ViewerCase
+from vesalius.viewer.review import MAX_NOTE, VERDICTS, Review, drawing_to_labels
 
 __all__ = ["NIIVUE_BUNDLE", "create_app", "install_hint", "protect", "serve", "trusted_hosts"]
 
@@ -50,6 +61,8 @@ NIIVUE_BUNDLE = VIEWER_DIR / "node_modules" / "@niivue" / "niivue" / "dist" / "n
 """NiiVue's UMD bundle, installed by ``npm ci`` in this folder."""
 
 KINDS = ("image", "prediction", "reference")
+MAX_REVIEW_BODY = 16 * 1024
+"""Bytes of a review request (a verdict and a note of at most MAX_NOTE characters)."""
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 """``Host`` values of this machine's loopback interface, as a browser sends them (IPv6 in brackets)."""
 
@@ -197,15 +210,78 @@ def _full_check(source: Path) -> None:
         raise _Unreadable("unreadable", f"{source}: {total} bytes, the NIfTI header promises {promised}")
 
 
-def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
-    """The FastAPI app serving ``cases`` (read-only)."""
-    from fastapi import FastAPI, HTTPException, Request
+class _Metrics:
+    """Per-case ``dice NAME`` and ``hd95 NAME``, computed once per case as ``vesalius evaluate`` scores it."""
+
+    def __init__(self, cases: list[ViewerCase]) -> None:
+        self.cases = cases
+        self.lock = threading.Lock()
+        self.found: dict[int, dict[str, float | None]] = {}
+        self.labels: dict[int, str] | None = None
+
+    def _default_labels(self) -> dict[int, str]:
+        """``evaluate``'s labels without names: every non-zero value in the references, named by its value."""
+        if self.labels is None:
+            from vesalius.io import read_image
+
+            values: set[int] = set()
+            for c in self.cases:
+                if c.reference is not None and c.prediction is not None:
+                    try:
+                        values.update(int(v) for v in np.unique(read_image(c.reference).array))
+                    except Exception as e:  # an unreadable reference is the case list's business
+                        log.warning("reference of %s not read for the labels: %s", c.case_id, type(e).__name__)
+            self.labels = {v: str(v) for v in sorted(values) if v != 0}
+        return self.labels
+
+    def of(self, index: int) -> dict[str, float | None]:
+        """The figures of case ``index`` (empty without a prediction and a reference, or when they do not pair)."""
+        c = self.cases[index]
+        if c.prediction is None or c.reference is None:
+            return {}
+        with self.lock:
+            if index not in self.found:
+                self.found[index] = self._compute(c)
+            return self.found[index]
+
+    def _compute(self, c: ViewerCase) -> dict[str, float | None]:
+        from vesalius.io import read_image
+        from vesalius.metrics.segmentation import segmentation_metrics
+
+        labels = c.labels or self._default_labels()
+        try:
+            prediction, reference = read_image(c.prediction), read_image(c.reference)  # type: ignore[arg-type]
+            if prediction.spatial_shape != reference.spatial_shape:
+                raise ValueError(f"shape {prediction.spatial_shape} differs from {reference.spatial_shape}")
+            scores = segmentation_metrics(
+                prediction.array[0], reference.array[0], labels, reference.geometry.spacing, 1.0
+            )
+        except Exception as e:  # an unreadable or mismatched pair: no figures, the details to the log
+            log.warning("metrics of %s not computed: %s: %s", c.case_id, type(e).__name__, e)
+            return {}
+        figures: dict[str, float | None] = {}
+        for metric in ("dice", "hd95"):
+            for value, name in labels.items():
+                number = float(scores[value][metric])  # type: ignore[literal-required]
+                figures[f"{metric} {name}"] = number if np.isfinite(number) else None
+        return figures
+
+
+def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer", review: Review | None = None) -> Any:
+    """The FastAPI app serving ``cases``; ``review``: where verdicts and corrections go (none: read-only)."""
+    from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     volumes = _Volumes()
+    metrics = _Metrics(cases)
+
+    class Verdict(BaseModel):
+        verdict: str | None = None
+        note: str = Field("", max_length=MAX_NOTE)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -250,6 +326,8 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
                 "install": install_hint(),
                 "palette": [list(c) for c in PALETTE],
                 "cases": len(cases),
+                "verdicts": list(VERDICTS),
+                "review": review is not None,
             }
         )
 
@@ -270,7 +348,8 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
             "id": c.case_id,
             "group": c.group,
             "labels": {str(k): v for k, v in c.labels.items()},
-            "metrics": c.metrics,
+            "metrics": {k: _finite(v) for k, v in {**c.metrics, **metrics.of(i)}.items()},
+            "review": review.get(_key(c)) if review is not None else {},
             "volumes": shown if "image" in shown else [],
             "broken": ", ".join(problems) or None,
         }
@@ -278,6 +357,55 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
     @app.get("/api/cases")
     def case_list() -> JSONResponse:
         return JSONResponse({"cases": [row(i, c) for i, c in enumerate(cases)]})
+
+    def case_of(index: int) -> ViewerCase:
+        if not 0 <= index < len(cases):
+            raise HTTPException(404, "no such case")
+        return cases[index]
+
+    async def body(request: Request, limit: int) -> bytes:
+        """The request's body, refused (413) past ``limit`` bytes without reading it all."""
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise HTTPException(413, "request too large")
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise HTTPException(413, "request too large")
+        return data
+
+    def reviewing() -> Review:
+        if review is None:
+            raise HTTPException(403, "this viewer is read-only")
+        return review
+
+    @app.put("/api/cases/{index}/review")
+    async def set_review(index: int, request: Request) -> JSONResponse:
+        c, store = case_of(index), reviewing()
+        try:
+            asked = Verdict.model_validate_json(await body(request, MAX_REVIEW_BODY))
+        except ValueError:
+            raise HTTPException(422, "give {verdict, note}, a note of at most 2000 characters") from None
+        if asked.verdict is not None and asked.verdict not in VERDICTS:
+            raise HTTPException(422, f"the verdict is one of: {', '.join(VERDICTS)}")
+        return JSONResponse(store.set(_key(c), verdict=asked.verdict, note=asked.note))
+
+    @app.post("/api/cases/{index}/correction")
+    async def save_correction(index: int, request: Request) -> JSONResponse:
+        c, store = case_of(index), reviewing()
+        try:
+            path = volumes.nifti(index, "image", c.image)
+        except _Unreadable:
+            raise HTTPException(422, f"case {index}: the image could not be read") from None
+        voxels = int(np.prod(_shape_of(path)))
+        data = await body(request, voxels + 4096)
+        try:
+            labels = drawing_to_labels(data, voxels + 4096)
+            saved = store.save_correction(_key(c), c.case_id, labels, c.image)
+        except ValueError as e:
+            log.info("correction of case %d refused: %s", index, e)
+            raise HTTPException(422, "the drawing does not match the case's image (shape or format)") from None
+        return JSONResponse({"saved": f"corrections/{saved.name}", "labels": sorted(int(v) for v in np.unique(labels))})
 
     @app.get("/api/cases/{index}/{kind}.nii.gz")
     def volume(index: int, kind: str) -> FileResponse:
@@ -294,6 +422,27 @@ def create_app(cases: list[ViewerCase], title: str = "Vesalius viewer") -> Any:
         return FileResponse(path, media_type="application/gzip", filename=f"{cases[index].case_id}_{kind}.nii.gz")
 
     return app
+
+
+def _finite(value: float | str | None) -> float | str | None:
+    """``value``, or ``None`` for NaN and infinities (JSON has no such numbers)."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def _key(case: ViewerCase) -> str:
+    """A case's key in the review file."""
+    return f"{case.group}/{case.case_id}"
+
+
+def _shape_of(path: Path) -> tuple[int, ...]:
+    """The spatial shape promised by a NIfTI file's header."""
+    head = _read_start(path)
+    endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
+    if struct.unpack(f"{endian}i", head[:4])[0] == 348:
+        dims = struct.unpack(f"{endian}8h", head[40:56])
+    else:
+        dims = struct.unpack(f"{endian}8q", head[16:80])
+    return tuple(int(d) for d in dims[1 : min(dims[0], 3) + 1])
 
 
 def _source(case: ViewerCase, kind: str) -> Path | None:

@@ -4,7 +4,9 @@ Cases come from a workspace (every imported data set's cases with their referenc
 sets the validation predictions and per-case Dice of the first run fold, in name order, that predicted the case)
 or from files (images, with ``--seg`` and ``--ref`` as files or folders matched by case id, i.e. by file name
 without its image suffix). A prediction folder that holds ``metrics.csv`` (from ``vesalius evaluate``) adds each
-case's Dice per class. Nothing here writes anything.
+case's ``dice NAME`` and ``hd95 NAME`` per label. The label names of files come from ``labels`` (``--labels``), else
+from a ``dataset.json`` next to the reference (or prediction) folder, as in a data set's ``labelsTr``; without one
+the page names the values it finds. Nothing here writes anything.
 
 A workspace data set whose description cannot be read (or whose run results are malformed) is skipped with a
 warning naming it, so that one broken data set does not keep the viewer from showing the others. Whether a case's
@@ -51,7 +53,9 @@ class ViewerCase:
     metrics: dict[str, float | str] = field(default_factory=dict)
 
 
-def collect_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = None) -> list[ViewerCase]:
+def collect_cases(
+    paths: list[Path], seg: Path | None = None, ref: Path | None = None, labels: dict[int, str] | None = None
+) -> list[ViewerCase]:
     """The cases of one workspace folder (``datasets/`` or ``runs/`` inside), or of image files and folders."""
     from vesalius.workspace import Workspace
 
@@ -68,7 +72,7 @@ def collect_cases(paths: list[Path], seg: Path | None = None, ref: Path | None =
                 raise VesaliusError("no data set could be read (see the warnings above)", paths[0], "re-import them")
             raise VesaliusError("no imported data sets", paths[0], "import one with 'vesalius import SRC NAME'")
         return cases
-    return file_cases(paths, seg, ref)
+    return file_cases(paths, seg, ref, labels)
 
 
 def workspace_cases(root: Path) -> list[ViewerCase]:
@@ -140,13 +144,16 @@ def _run_predictions(runs: Path) -> dict[str, tuple[Path, dict[str, float | str]
             if case_id is None or case_id in found:
                 continue
             metrics: dict[str, float | str] = {"run": run}
-            metrics.update({f"Dice {k}": float(v) for k, v in scores.get(case_id, {}).items()})
+            metrics.update({f"dice {k}": float(v) for k, v in scores.get(case_id, {}).items()})
             found[case_id] = (path, metrics)
     return found
 
 
-def file_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = None) -> list[ViewerCase]:
-    """Cases from image files and folders of images; ``seg``/``ref``: a file (one image) or a folder by case id."""
+def file_cases(
+    paths: list[Path], seg: Path | None = None, ref: Path | None = None, labels: dict[int, str] | None = None
+) -> list[ViewerCase]:
+    """Cases from image files and folders of images; ``seg``/``ref``: a file (one image) or a folder by case id;
+    ``labels``: ``{value: name}`` (default: from a ``dataset.json`` beside ``ref`` or ``seg``, see above)."""
     images: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -158,6 +165,8 @@ def file_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = No
     if not images:
         raise VesaliusError("no images found", paths[0] if paths else None, "give image files or folders of images")
     metrics = _metrics_csv(seg / "metrics.csv") if seg is not None and seg.is_dir() else {}
+    if labels is None:
+        labels = _nearby_labels([p for p in (ref, seg) if p is not None])
     cases = []
     for image in images:
         case_id = strip_suffix(image)
@@ -168,6 +177,7 @@ def file_cases(paths: list[Path], seg: Path | None = None, ref: Path | None = No
                 image,
                 _match(seg, case_id, len(images)),
                 _match(ref, case_id, len(images)),
+                labels=dict(labels),
                 metrics=metrics.get(case_id, {}),
             )
         )
@@ -191,15 +201,32 @@ def _match(source: Path | None, case_id: str, count: int) -> Path | None:
     return None
 
 
+def _nearby_labels(sources: list[Path]) -> dict[int, str]:
+    """The labels of the first readable ``dataset.json`` in, or beside, the label folders ``sources``."""
+    from vesalius.evaluation.segmentation import label_names
+
+    for source in sources:
+        folder = source if source.is_dir() else source.parent
+        for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
+            if candidate.is_file():
+                try:
+                    return label_names(candidate)
+                except VesaliusError:
+                    continue
+    return {}
+
+
 def _metrics_csv(path: Path) -> dict[str, dict[str, float | str]]:
-    """``{case: {"Dice NAME": value}}`` from an evaluation's ``metrics.csv`` (empty when absent)."""
+    """``{case: {"dice NAME": value, "hd95 NAME": value}}`` from an evaluation's ``metrics.csv`` (empty when
+    absent)."""
     if not path.is_file():
         return {}
     found: dict[str, dict[str, float | str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            try:
-                found.setdefault(row["case"], {})[f"Dice {row['name']}"] = float(row["dice"])
-            except (KeyError, ValueError):
-                continue
+            for metric in ("dice", "hd95"):
+                try:
+                    found.setdefault(row["case"], {})[f"{metric} {row['name']}"] = float(row[metric])
+                except (KeyError, ValueError):
+                    continue
     return found

@@ -1,11 +1,24 @@
-// Vesalius viewer: the case list (sortable) and a NiiVue view of the chosen case's image and label overlays.
+// Vesalius viewer: the case list (sortable, with metrics and verdicts) and a NiiVue view of the chosen case's image
+// with its label maps: the prediction as a translucent fill, the reference as an outline, one colour per label
+// (the palette of `vesalius overlay` and the reports, from /api/status) and a legend naming them.
+// Label maps are drawn by NiiVue's label (atlas) shader: NIfTI intent "label" is set on them before upload, since
+// its ordinary shader interpolates the colour table and tints every background voxel. The reference's outline is
+// computed here (its voxels with a 6-neighbour of another value), so that it can be told from the prediction.
+// Review: a verdict and a note per case (saved by the server), keyboard navigation (see KEYS), and corrections
+// drawn with NiiVue's pen, sent as NIfTI and written by the server on the image's grid.
 // window.vesalius exposes the state for tests: ready (the chosen case is drawn), caseIndex, error (of the last load).
 // A case the server marks "broken" (a file missing or unreadable) is flagged in the list; the others still work.
 "use strict";
 
 const WINDOWS = { lung: [-600, 1500], abdomen: [40, 400], brain: [40, 80], bone: [400, 1800] }; // level, width (HU)
-const OPACITY = { prediction: 0.5, reference: 0.35 };
-const state = { cases: [], columns: [], sortKey: null, sortDir: 1, current: -1, nv: null, palette: [], kinds: [] };
+const OPACITY = { prediction: 0.5, reference: 1 };
+const HIDDEN = 0.001; // NiiVue 0.69 skips the top layer at opacity 0 and keeps its old texture: hide, don't skip
+const NIFTI_INTENT_LABEL = 1002;
+const KEYS = "n/p: next/previous case; up/down: slice; 1/2: prediction/reference; c: crosshair; w: next window";
+const state = {
+  cases: [], columns: [], sortKey: null, sortDir: 1, current: -1, nv: null, palette: [], kinds: [], verdicts: [],
+  labels: {}, reference: null,
+};
 window.vesalius = { ready: false, caseIndex: -1, error: null };
 
 const $ = (id) => document.getElementById(id);
@@ -29,7 +42,8 @@ function metricColumns(cases) {
 function cellValue(c, key) {
   if (key === "id") return c.id;
   if (key === "group") return c.group;
-  return c.metrics[key];
+  if (key === "verdict") return (c.review.verdict || "") + (c.review.corrected ? " (corrected)" : "") || undefined;
+  return c.metrics[key] ?? undefined;
 }
 
 function formatValue(value) {
@@ -38,7 +52,7 @@ function formatValue(value) {
 }
 
 function renderTable() {
-  const keys = ["id", "group", ...state.columns];
+  const keys = ["id", "group", "verdict", ...state.columns];
   const head = document.createElement("tr");
   for (const key of keys) {
     const th = document.createElement("th");
@@ -93,25 +107,73 @@ function sortBy(key) {
   renderTable();
 }
 
-function labelName(c, value) {
+function labelName(value) {
   if (value === 0) return "background";
-  return c.labels[String(value)] ?? `label ${value}`;
+  return state.labels[String(value)] ?? `label ${value}`;
 }
 
-function labelColormap(c) {
-  const values = Object.keys(c.labels).map(Number);
-  const top = values.length ? Math.max(...values) : 255;
+function labelColour(value) {
+  return state.palette[(value - 1) % state.palette.length];
+}
+
+function labelColormap(top) {
   const cmap = { R: [], G: [], B: [], A: [], I: [], labels: [] };
-  for (let v = 0; v <= top; v++) {
-    const [r, g, b] = v === 0 ? [0, 0, 0] : state.palette[(v - 1) % state.palette.length];
+  for (let v = 0; v <= Math.max(top, 1); v++) {
+    const [r, g, b] = v === 0 ? [0, 0, 0] : labelColour(v);
     cmap.R.push(r);
     cmap.G.push(g);
     cmap.B.push(b);
     cmap.A.push(v === 0 ? 0 : 255);
     cmap.I.push(v);
-    cmap.labels.push(labelName(c, v));
+    cmap.labels.push(labelName(v));
   }
   return cmap;
+}
+
+// The voxels of a label map that touch (6-neighbourhood) another value; the others become background.
+function outline(img, dims) {
+  const [nx, ny, nz] = [dims[1], dims[2], Math.max(dims[3], 1)];
+  const out = new img.constructor(img.length);
+  const steps = [1, nx, nx * ny];
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++) {
+        const i = x + nx * (y + ny * z);
+        const v = img[i];
+        if (v === 0) continue;
+        const at = [x, y, z];
+        const size = [nx, ny, nz];
+        let edge = false;
+        for (let a = 0; a < 3 && !edge; a++) {
+          if (size[a] === 1) continue; // a 2D image: no neighbours across
+          edge = at[a] === 0 || at[a] === size[a] - 1 || img[i - steps[a]] !== v || img[i + steps[a]] !== v;
+        }
+        if (edge) out[i] = v;
+      }
+    }
+  }
+  return out;
+}
+
+function legend(values) {
+  const box = $("legend");
+  box.replaceChildren();
+  for (const value of values) {
+    const item = document.createElement("span");
+    item.className = "legend-item";
+    item.dataset.value = String(value);
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    const [r, g, b] = labelColour(value);
+    swatch.style.background = `rgb(${r},${g},${b})`;
+    swatch.dataset.rgb = `${r},${g},${b}`;
+    item.append(swatch, `${value}: ${labelName(value)}`);
+    box.appendChild(item);
+  }
+  const styles = document.createElement("span");
+  styles.className = "legend-styles";
+  styles.textContent = "prediction: fill, reference: outline";
+  box.appendChild(styles);
 }
 
 function applyLayout(is2D) {
@@ -127,6 +189,8 @@ function applyLayout(is2D) {
     render: nv.sliceTypeRender,
   };
   nv.setSliceType(types[layout]);
+  // 3D: the image cut open at the crosshair (a clip plane facing the viewer), the label maps drawn through it
+  nv.setClipPlane(is2D ? [2, 0, 0] : [0, 180, 20]);
 }
 
 function applyWindow(low, high) {
@@ -138,11 +202,16 @@ function applyWindow(low, high) {
   $("cal-max").value = +high.toPrecision(6);
 }
 
-function overlayControls(c) {
+function setLayer(kind, shown, opacity) {
+  const index = state.kinds.indexOf(kind);
+  if (index > 0) state.nv.setOpacity(index, shown && opacity > 0 ? opacity : HIDDEN);
+}
+
+function overlayControls() {
   const box = $("overlays");
   box.replaceChildren();
-  state.kinds.forEach((kind, index) => {
-    if (kind === "image") return;
+  for (const kind of state.kinds) {
+    if (kind === "image") continue;
     const label = document.createElement("label");
     const toggle = document.createElement("input");
     toggle.type = "checkbox";
@@ -155,20 +224,11 @@ function overlayControls(c) {
     slider.step = "0.05";
     slider.value = String(OPACITY[kind]);
     slider.id = `opacity-${kind}`;
-    const update = () => state.nv.setOpacity(index, toggle.checked ? Number(slider.value) : 0);
+    const update = () => setLayer(kind, toggle.checked, Number(slider.value));
     toggle.addEventListener("change", update);
     slider.addEventListener("input", update);
     label.append(toggle, ` ${kind} `, slider);
     box.appendChild(label);
-  });
-  const legend = $("legend");
-  legend.replaceChildren();
-  for (const [value, name] of Object.entries(c.labels)) {
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    const [r, g, b] = state.palette[(Number(value) - 1) % state.palette.length];
-    swatch.style.background = `rgb(${r},${g},${b})`;
-    legend.append(swatch, `${value}: ${name}`);
   }
 }
 
@@ -180,10 +240,143 @@ function showLocation(data) {
   if (data.vox) parts.push(`voxel ${Array.from(data.vox).join(", ")}`);
   (data.values || []).forEach((entry, index) => {
     const kind = state.kinds[index];
-    if (kind === "image") parts.push(`value ${formatValue(entry.value)}`);
-    else if (kind) parts.push(`${kind}: ${labelName(c, Math.round(entry.value))}`);
+    let value = entry.value;
+    if (kind === "reference" && state.reference && data.vox) {
+      const dims = state.nv.volumes[index].hdr.dims; // the outline is drawn: read the reference itself
+      const [x, y, z] = data.vox;
+      value = state.reference[x + dims[1] * (y + dims[2] * z)];
+    }
+    if (kind === "image") parts.push(`value ${formatValue(value)}`);
+    else if (kind) parts.push(`${kind}: ${labelName(Math.round(value))}`);
   });
   $("location").textContent = parts.join(" | ");
+}
+
+function reviewPanel(c) {
+  const box = $("review");
+  box.hidden = !state.reviewing;
+  $("verdict").value = c.review.verdict || "";
+  $("note").value = c.review.note || "";
+  $("review-state").textContent = c.review.corrected ? "corrected" : "";
+}
+
+async function send(url, method, body, type) {
+  const response = await fetch(url, { method, body, headers: { "Content-Type": type } });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error || `${response.status}`);
+  return answer;
+}
+
+async function saveReview() {
+  const c = state.cases[state.current];
+  if (!c) return;
+  const verdict = $("verdict").value || null;
+  try {
+    c.review = await send(
+      `/api/cases/${c.index}/review`, "PUT", JSON.stringify({ verdict, note: $("note").value }), "application/json",
+    );
+    message(`review of ${c.id} saved`);
+    renderTable();
+  } catch (error) {
+    message(`review not saved: ${error.message}`);
+  }
+}
+
+function drawControls(values) {
+  const pen = $("pen");
+  pen.replaceChildren();
+  for (const value of values.length ? values : [1]) {
+    const option = document.createElement("option");
+    option.value = String(value);
+    option.textContent = `${value}: ${labelName(value)}`;
+    pen.appendChild(option);
+  }
+  const erase = document.createElement("option");
+  erase.value = "0";
+  erase.textContent = "erase";
+  pen.appendChild(erase);
+  $("draw").checked = false;
+  $("draw-tools").hidden = !state.reviewing;
+}
+
+function applyPen() {
+  const nv = state.nv;
+  nv.opts.penSize = Number($("pen-size").value);
+  nv.setPenValue(Number($("pen").value), false);
+  nv.setDrawingEnabled($("draw").checked);
+  if ($("draw").checked && !nv.drawBitmap) nv.createEmptyDrawing();
+}
+
+async function saveCorrection() {
+  const c = state.cases[state.current];
+  const nv = state.nv;
+  if (!c || !nv.drawBitmap) {
+    message("nothing drawn");
+    return;
+  }
+  const nifti = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
+  try {
+    const answer = await send(`/api/cases/${c.index}/correction`, "POST", nifti, "application/octet-stream");
+    c.review = { ...c.review, corrected: true };
+    message(`correction of ${c.id} saved as ${answer.saved}`);
+    window.vesalius.saved = answer;
+    renderTable();
+    reviewPanel(c);
+  } catch (error) {
+    message(`correction not saved: ${error.message}`);
+  }
+}
+
+function toggle(id) {
+  const box = $(id);
+  if (!box) return;
+  box.checked = !box.checked;
+  box.dispatchEvent(new Event("change"));
+}
+
+function step(delta) {
+  const order = sortedCases().filter((c) => c.volumes.includes("image"));
+  const at = order.findIndex((c) => c.index === state.current);
+  const next = order[Math.min(Math.max(at + delta, 0), order.length - 1)];
+  if (next && next.index !== state.current) loadCase(next.index);
+}
+
+function onKey(event) {
+  if (event.target.closest && event.target.closest("input[type=text], input[type=number], textarea, select")) return;
+  const nv = state.nv;
+  const actions = {
+    n: () => step(1),
+    p: () => step(-1),
+    ArrowUp: () => nv.moveCrosshairInVox(0, 0, 1),
+    ArrowDown: () => nv.moveCrosshairInVox(0, 0, -1),
+    1: () => toggle("show-prediction"),
+    2: () => toggle("show-reference"),
+    c: () => toggle("crosshair"),
+    w: () => {
+      const select = $("window-preset");
+      select.selectedIndex = (select.selectedIndex + 1) % select.options.length;
+      select.dispatchEvent(new Event("change"));
+    },
+  };
+  const action = actions[event.key];
+  if (action && nv) {
+    event.preventDefault();
+    event.stopPropagation();
+    action();
+  }
+}
+
+// NiiVue draws the crosshair as geometry in millimetres: one millimetre covers many screen pixels on a zoomed
+// small image and hides anatomy. The width is set from the drawn slices' scale so that it is about 1.5 pixels.
+const CROSSHAIR_PIXELS = 1.5;
+
+function crosshairMillimetres() {
+  const slice = (state.nv.screenSlices || []).find((s) => s.fovMM && s.leftTopWidthHeight[2] > 0);
+  return slice ? (CROSSHAIR_PIXELS * Math.abs(slice.fovMM[0])) / slice.leftTopWidthHeight[2] : 1;
+}
+
+function applyCrosshair() {
+  state.nv.setCrosshairWidth($("crosshair").checked ? crosshairMillimetres() : 0);
 }
 
 async function loadCase(index) {
@@ -210,17 +403,38 @@ async function loadCase(index) {
     await state.nv.loadVolumes(volumes);
     if (state.current !== index) return; // another case was chosen meanwhile
     state.kinds = c.volumes;
-    const cmap = labelColormap(c);
-    for (let v = 1; v < state.nv.volumes.length; v++) state.nv.volumes[v].setColormapLabel(cmap);
+    state.labels = c.labels;
+    state.reference = null;
+    const found = new Set(Object.keys(c.labels).map(Number));
+    for (let v = 1; v < state.nv.volumes.length; v++) {
+      for (const value of state.nv.volumes[v].img) if (value > 0) found.add(value);
+    }
+    const values = [...found].sort((a, b) => a - b);
+    const cmap = labelColormap(values.length ? values[values.length - 1] : 1);
+    for (let v = 1; v < state.nv.volumes.length; v++) {
+      const volume = state.nv.volumes[v];
+      volume.hdr.intent_code = NIFTI_INTENT_LABEL;
+      if (state.kinds[v] === "reference") {
+        state.reference = volume.img;
+        volume.img = outline(volume.img, volume.hdr.dims);
+      }
+      volume.setColormapLabel(cmap);
+    }
+    state.nv.setDrawingEnabled(false);
+    state.nv.closeDrawing();
     state.nv.updateGLVolume();
     const image = state.nv.volumes[0];
     const is2D = image.dims[3] <= 1;
-    overlayControls(c);
+    overlayControls();
+    legend(values);
+    reviewPanel(c);
+    drawControls(values);
     $("window-preset").value = "auto";
     applyWindow(image.cal_min, image.cal_max);
     applyLayout(is2D);
     $("gl").style.visibility = "";
     state.nv.drawScene();
+    applyCrosshair(); // the slices' scale is known once they are drawn
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
     message("");
     window.vesalius.caseIndex = index;
@@ -241,8 +455,17 @@ async function main() {
   const status = await getJson("/api/status");
   $("title").textContent = status.title;
   state.palette = status.palette;
+  state.reviewing = status.review;
+  for (const verdict of ["", ...status.verdicts]) {
+    const option = document.createElement("option");
+    option.value = verdict;
+    option.textContent = verdict || "no verdict";
+    $("verdict").appendChild(option);
+  }
+  $("keys").textContent = KEYS;
   state.cases = (await getJson("/api/cases")).cases;
   state.columns = metricColumns(state.cases);
+  window.vesalius.listed = true;
   renderTable();
   if (!status.niivue || typeof niivue === "undefined") {
     window.vesalius.error = "NiiVue is not installed";
@@ -255,7 +478,12 @@ async function main() {
   }
   const nv = new niivue.Niivue({
     backColor: [0, 0, 0, 1],
-    crosshairColor: [1, 0.85, 0, 1],
+    crosshairColor: [1, 0.85, 0, 0.8],
+    crosshairWidth: 1,
+    crosshairWidthUnit: "mm", // set to about 1.5 screen pixels by applyCrosshair (one voxel, the default, hides anatomy)
+    show3Dcrosshair: false,
+    renderOverlayBlend: 1.0,
+    drawingEnabled: false,
     isRadiologicalConvention: true, // as the overlays of the reports: the patient's left on the right
     loadingText: "",
   });
@@ -263,13 +491,24 @@ async function main() {
   nv.onLocationChange = showLocation;
   state.nv = nv;
   window.vesalius.nv = nv;
-  $("layout").addEventListener("change", () => applyLayout(state.nv.volumes[0].dims[3] <= 1));
+  $("layout").addEventListener("change", () => {
+    applyLayout(state.nv.volumes[0].dims[3] <= 1);
+    applyCrosshair();
+  });
+  window.addEventListener("resize", () => requestAnimationFrame(applyCrosshair));
   $("window-preset").addEventListener("change", (event) => {
     const image = state.nv.volumes[0];
     const preset = WINDOWS[event.target.value];
     if (preset) applyWindow(preset[0] - preset[1] / 2, preset[0] + preset[1] / 2);
     else applyWindow(image.robust_min ?? image.global_min, image.robust_max ?? image.global_max);
   });
+  $("crosshair").addEventListener("change", applyCrosshair);
+  $("save-review").addEventListener("click", saveReview);
+  $("verdict").addEventListener("change", saveReview);
+  for (const id of ["draw", "pen", "pen-size"]) $(id).addEventListener("change", applyPen);
+  $("undo").addEventListener("click", () => state.nv.drawUndo());
+  $("save-correction").addEventListener("click", saveCorrection);
+  document.addEventListener("keydown", onKey, true);
   for (const id of ["cal-min", "cal-max"]) {
     $(id).addEventListener("change", () => applyWindow(Number($("cal-min").value), Number($("cal-max").value)));
   }

@@ -1,0 +1,348 @@
+"""The viewer as a reviewing tool: correct label rendering (checked on pixels), per-case metrics equal to
+``vesalius evaluate``'s, verdicts saved to the review folder, and corrections written on the image's exact grid.
+
+The data: three small 3D cases on an anisotropic grid (a smooth image, two box-shaped labels in the
+prediction, the reference shifted by two voxels), so that where a label lands on screen and in a saved file can be
+predicted from the voxel indices alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vesalius.evaluation.segmentation import evaluate_folder
+from vesalius.io import Geometry, Image, read_image, write_image
+from vesalius.viewer import app as viewer_app
+from vesalius.viewer.cases import collect_cases
+from vesalius.viewer.review import Review
+
+SHAPE = (40, 36, 12)
+SPACING = (0.8, 1.1, 2.5)
+BOX_1 = (slice(6, 18), slice(6, 18), slice(2, 10))
+BOX_2 = (slice(22, 34), slice(18, 30), slice(2, 10))
+LABELS = {1: "anterior", 2: "posterior"}
+
+
+GEOMETRY = Geometry(SPACING, (-12.0, 30.0, 7.0), tuple(np.eye(3).ravel()))
+"""Anisotropic, off-origin, axis-aligned (an oblique grid is not yet covered by the browser tests)."""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``images/``, ``pred/`` and ``ref/`` of three cases, and ``dataset.json`` naming the labels."""
+    root = tmp_path_factory.mktemp("review")
+    x, y, z = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    for k in range(3):
+        image = (200 + 4 * x + 3 * y + 10 * z + 20 * k).astype(np.float32)
+        prediction = np.zeros(SHAPE, np.uint8)
+        prediction[BOX_1] = 1
+        prediction[BOX_2] = 2
+        reference = np.roll(prediction, k, axis=0)  # case k: shifted by k voxels (case 0 perfect)
+        write_image(Image(image[None], GEOMETRY), root / "images" / f"hip_{k}.nii.gz")
+        write_image(Image(prediction[None], GEOMETRY), root / "pred" / f"hip_{k}.nii.gz")
+        write_image(Image(reference[None], GEOMETRY), root / "ref" / f"hip_{k}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "anterior", "2": "posterior"}}))
+    (root / "ref" / "dataset.json").write_text((root / "dataset.json").read_text())
+    return root
+
+
+def _app(data: Path, reviews: Path) -> Any:
+    cases = collect_cases([data / "images"], seg=data / "pred", ref=data / "ref")
+    return viewer_app.create_app(cases, review=Review(reviews))
+
+
+@pytest.fixture
+def client(data: Path, tmp_path: Path) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(_app(data, tmp_path / "reviews")) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+def test_labels_come_from_the_data_set_and_metrics_equal_evaluate(client: Any, data: Path, tmp_path: Path) -> None:
+    cases = client.get("/api/cases").json()["cases"]
+    assert cases[0]["labels"] == {"1": "anterior", "2": "posterior"}
+    evaluated = evaluate_folder(data / "pred", data / "ref", LABELS, output_dir=tmp_path / "eval")
+    with open(tmp_path / "eval" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for c in cases:
+        for row in (r for r in rows if r["case"] == c["id"]):
+            for metric in ("dice", "hd95"):
+                assert c["metrics"][f"{metric} {row['name']}"] == pytest.approx(float(row[metric]), abs=1e-12)
+    assert cases[2]["metrics"]["dice anterior"] == pytest.approx(evaluated["cases"]["hip_2"]["anterior"]["dice"])
+    assert cases[2]["metrics"]["dice anterior"] < cases[0]["metrics"]["dice anterior"] == 1.0
+
+
+def test_a_verdict_is_saved_as_json_and_csv_and_survives_a_restart(client: Any, data: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    answer = client.put("/api/cases/1/review", json={"verdict": "needs correction", "note": "posterior, slice 4"})
+    assert answer.status_code == 200 and answer.json()["verdict"] == "needs correction"
+    saved = json.loads((tmp_path / "reviews" / "review.json").read_text())
+    assert saved["cases"]["images/hip_1"] == {
+        "verdict": "needs correction",
+        "note": "posterior, slice 4",
+        "corrected": False,
+    }
+    with open(tmp_path / "reviews" / "review.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [
+            {
+                "group": "images",
+                "case": "hip_1",
+                "verdict": "needs correction",
+                "note": "posterior, slice 4",
+                "corrected": "False",
+            }
+        ]
+    with TestClient(_app(data, tmp_path / "reviews")) as again:
+        assert again.get("/api/cases").json()["cases"][1]["review"]["verdict"] == "needs correction"
+
+
+def test_bad_reviews_are_refused(client: Any, tmp_path: Path) -> None:
+    assert client.put("/api/cases/0/review", json={"verdict": "maybe"}).status_code == 422
+    assert client.put("/api/cases/0/review", content=b"not json").status_code == 422
+    assert client.put("/api/cases/0/review", json={"verdict": None, "note": "x" * 3000}).status_code == 422
+    too_large = client.put("/api/cases/0/review", content=b"{" + b" " * 20_000 + b"}")
+    assert too_large.status_code == 413 and too_large.json() == {"error": "request too large"}
+    assert client.put("/api/cases/9/review", json={"verdict": "accept"}).status_code == 404
+    assert not (tmp_path / "reviews" / "review.json").exists()
+
+
+def test_a_read_only_viewer_refuses_reviews(data: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(viewer_app.create_app(collect_cases([data / "images"]))) as c:
+        assert c.put("/api/cases/0/review", json={"verdict": "accept"}).status_code == 403
+
+
+def _nifti_drawing(array: np.ndarray) -> bytes:
+    """A uint8 NIfTI-1 of ``array`` (X, Y, Z), as NiiVue's ``saveImage({isSaveDrawing: true})`` sends it."""
+    header = bytearray(352)
+    header[0:4] = (348).to_bytes(4, "little")
+    header[40:56] = np.array([3, *array.shape, 1, 1, 1, 1], "<i2").tobytes()
+    header[70:72] = np.array([2, 8], "<i2").tobytes()[:2]
+    header[72:74] = np.array([8], "<i2").tobytes()
+    header[108:112] = np.array([352.0], "<f4").tobytes()
+    header[344:348] = b"n+1\0"
+    return bytes(header) + array.astype(np.uint8).tobytes(order="F")
+
+
+def test_a_correction_is_written_on_the_image_grid(client: Any, data: Path, tmp_path: Path) -> None:
+    drawing = np.zeros(SHAPE, np.uint8)
+    drawing[3, 5, 7] = 2
+    answer = client.post("/api/cases/1/correction", content=gzip.compress(_nifti_drawing(drawing)))
+    assert answer.status_code == 200, answer.text
+    saved = read_image(tmp_path / "reviews" / "corrections" / "hip_1.nii.gz")
+    assert saved.geometry.is_close(read_image(data / "images" / "hip_1.nii.gz").geometry)
+    np.testing.assert_array_equal(saved.array[0], drawing)
+    assert client.get("/api/cases").json()["cases"][1]["review"]["corrected"] is True
+
+
+def test_wrong_corrections_are_refused(client: Any, tmp_path: Path) -> None:
+    assert client.post("/api/cases/0/correction", content=_nifti_drawing(np.zeros((5, 5, 5)))).status_code == 422
+    assert client.post("/api/cases/0/correction", content=b"garbage" * 100).status_code == 422
+    huge = client.post("/api/cases/0/correction", content=b"\0" * (int(np.prod(SHAPE)) + 10_000))
+    assert huge.status_code == 413
+    assert not (tmp_path / "reviews" / "corrections").exists()
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+
+@pytest.fixture
+def server(data: Path, tmp_path: Path) -> Iterator[str]:
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(_app(data, tmp_path / "reviews"), log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    uv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _pixels(page: Any, save_as: Path | None = None) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    png = page.locator("#gl").screenshot()
+    if save_as is not None:
+        save_as.write_bytes(png)
+    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def _open(browser: Any, server: str, index: int = 0) -> Any:
+    if not viewer_app.NIIVUE_BUNDLE.is_file():
+        pytest.skip(f"NiiVue is not installed: {viewer_app.install_hint()}")
+    page = browser.new_page(viewport={"width": 900, "height": 700}, device_scale_factor=1)
+    page.goto(f"{server}#case={index}")
+    page.wait_for_function(
+        f"window.vesalius.error || (window.vesalius.ready && window.vesalius.caseIndex === {index})", timeout=60_000
+    )
+    assert page.evaluate("window.vesalius.error") is None
+    page.select_option("#layout", "axial")
+    page.uncheck("#crosshair")
+    page.wait_for_timeout(200)
+    return page
+
+
+def _screen(page: Any, voxel: tuple[int, int, int]) -> tuple[int, int]:
+    """The canvas pixel (CSS, device scale 1) nearest to the centre of file voxel ``voxel`` on the shown slice:
+    NiiVue's world position (RAS mm) of every other pixel, turned into file voxel indices with the file's own
+    geometry, so that NiiVue's reorientation is checked, not assumed. The crosshair is first moved to the slice."""
+    page.evaluate(
+        "(k) => { const nv = window.vesalius.nv; const f = [...nv.scene.crosshairPos];"
+        " f[2] = (k + 0.5) / nv.volumes[0].dimsRAS[3]; nv.scene.crosshairPos = f; nv.drawScene(); }",
+        voxel[2],
+    )
+    page.wait_for_timeout(200)
+    found = page.evaluate(
+        """() => { const nv = window.vesalius.nv; const c = nv.gl.canvas; const out = [];
+        for (let y = 0; y < c.height; y += 2) for (let x = 0; x < c.width; x += 2) {
+          const f = nv.canvasPos2frac([x, y]); if (f[0] < 0) continue;
+          const mm = nv.frac2mm(f); out.push([x, y, mm[0], mm[1], mm[2]]); }
+        return out; }"""
+    )
+    points = np.asarray(found, float)
+    lps = np.stack([-points[:, 2], -points[:, 3], points[:, 4]], axis=1)
+    index = np.linalg.solve(GEOMETRY.direction_matrix, (lps - np.asarray(GEOMETRY.origin)).T).T / np.asarray(SPACING)
+    best = np.argmin(np.abs(index - np.asarray(voxel)).max(axis=1))
+    assert np.abs(index[best] - np.asarray(voxel)).max() < 0.5, (voxel, index[best])
+    return int(points[best, 0]), int(points[best, 1])
+
+
+@pytest.mark.browser
+def test_labels_are_drawn_in_their_colours_and_nothing_else_is_tinted(
+    browser: Any, server: str, artifacts: Path
+) -> None:
+    page = _open(browser, server, 1)  # reference shifted by one voxel
+    page.fill("#opacity-prediction", "1")
+    page.dispatch_event("#opacity-prediction", "input")
+    far = _screen(page, (37, 2, 6))  # no label nearby
+    inside = {1: _screen(page, (10, 12, 6)), 2: _screen(page, (28, 24, 6))}
+    shown = _pixels(page, artifacts / "viewer_review_axial_all_layers.png")
+    page.uncheck("#show-prediction")
+    page.uncheck("#show-reference")
+    page.wait_for_timeout(300)
+    bare = _pixels(page)
+    assert np.abs(shown[far[1], far[0]] - bare[far[1], far[0]]).max() <= 2, "a voxel far from labels is tinted"
+    swatches = {
+        int(v): [
+            int(n) for n in page.locator(f".legend-item[data-value='{v}'] .swatch").get_attribute("data-rgb").split(",")
+        ]
+        for v in (1, 2)
+    }
+    names = page.locator("#legend").inner_text()
+    assert "anterior" in names and "posterior" in names
+    for value, (x, y) in inside.items():
+        assert np.abs(shown[y, x] - swatches[value]).max() <= 3, (value, shown[y, x], swatches[value])
+    assert swatches[1] != swatches[2]
+    # the reference alone: an outline (the box's centre shows the image, its edge the label's colour)
+    page.check("#show-reference")
+    page.wait_for_timeout(300)
+    reference = _pixels(page)
+    x, y = _screen(page, (12, 12, 6))
+    assert np.abs(reference[y, x] - bare[y, x]).max() <= 2, "the reference is drawn filled, not as an outline"
+    edge = _screen(page, (7, 12, 6))  # first voxel of the shifted box along X
+    assert np.abs(reference[edge[1], edge[0]] - bare[edge[1], edge[0]]).max() > 30
+    page.close()
+
+
+@pytest.mark.browser
+def test_case_list_metrics_verdicts_and_a_drawn_correction(
+    browser: Any, server: str, data: Path, tmp_path: Path, artifacts: Path
+) -> None:
+    page = _open(browser, server, 0)
+    evaluated = evaluate_folder(data / "pred", data / "ref", LABELS, output_dir=tmp_path / "eval")
+    head = [t.strip(" \u25b2\u25bc") for t in page.locator("#cases thead th").all_inner_texts()]
+    column = head.index("dice anterior")
+    for row in page.locator("#cases tbody tr").all():
+        cells = row.locator("td").all_inner_texts()
+        assert float(cells[column]) == pytest.approx(evaluated["cases"][cells[0]]["anterior"]["dice"], abs=5e-4)
+    page.locator("#cases th", has_text="dice anterior").click()  # worst first
+    assert page.locator("#cases tbody tr").first.locator("td").first.inner_text().startswith("hip_2")
+
+    page.select_option("#verdict", "reject")
+    page.fill("#note", "misses the tail")
+    page.click("#save-review")
+    page.wait_for_function("document.getElementById('message').textContent.includes('saved')")
+    page.reload()
+    page.wait_for_function("window.vesalius.ready", timeout=60_000)
+    assert page.input_value("#verdict") == "reject" and page.input_value("#note") == "misses the tail"
+    assert "reject" in page.locator("#cases tbody tr.selected").inner_text()
+
+    page.select_option("#layout", "axial")
+    page.check("#draw")
+    page.select_option("#pen", "2")
+    page.wait_for_timeout(200)
+    x, y = _screen(page, (3, 30, 6))
+    box = page.locator("#gl").bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.wait_for_timeout(200)
+    page.click("#save-correction")
+    page.wait_for_function("window.vesalius.saved !== undefined", timeout=20_000)
+    _pixels(page, artifacts / "viewer_review_correction.png")
+    saved = read_image(tmp_path / "reviews" / "corrections" / "hip_0.nii.gz")
+    image = read_image(data / "images" / "hip_0.nii.gz")
+    assert saved.geometry.is_close(image.geometry) and saved.spatial_shape == image.spatial_shape
+    assert saved.array[0][3, 30, 6] == 2
+    assert set(np.unique(saved.array).tolist()) == {0, 2}
+    page.select_option("#layout", "multi")
+    page.wait_for_timeout(300)
+    _pixels(page, artifacts / "viewer_review_3d.png")
+    page.close()
+
+
+@pytest.mark.browser
+def test_the_crosshair_is_thin_and_can_be_hidden(browser: Any, server: str, artifacts: Path) -> None:
+    page = _open(browser, server, 0)  # axial, crosshair hidden
+    hidden = _pixels(page)
+    page.check("#crosshair")
+    page.wait_for_timeout(300)
+    changed = np.abs(_pixels(page, artifacts / "viewer_crosshair.png") - hidden).max(axis=2) > 30
+    assert changed.any(), "no crosshair drawn"
+    per_row, per_column = changed.sum(axis=1), changed.sum(axis=0)
+    line_rows = np.flatnonzero(per_row > 0.5 * per_row.max())  # the horizontal line
+    line_columns = np.flatnonzero(per_column > 0.5 * per_column.max())  # the vertical line
+    assert len(line_rows) <= 3 and len(line_columns) <= 3, (len(line_rows), len(line_columns))
+    page.close()
+
+
+def test_corrections_export_as_a_data_set_that_imports(client: Any, data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from vesalius.cli import main
+
+    drawing = np.zeros(SHAPE, np.uint8)
+    drawing[2:6, 3:7, 4:8] = 1
+    assert client.post("/api/cases/1/correction", content=_nifti_drawing(drawing)).status_code == 200
+    workspace = tmp_path / "ws"
+    shutil.copytree(tmp_path / "reviews", workspace / "reviews" / "default")
+    assert main(["corrections", "export", "-o", str(tmp_path / "corrected"), "-w", str(workspace)]) == 0
+    assert sorted(p.name for p in (tmp_path / "corrected" / "labels").iterdir()) == ["hip_1.nii.gz"]
+    assert main(["import", str(tmp_path / "corrected"), "fixed", "-w", str(workspace)]) == 0
+    (label_file,) = (workspace / "datasets" / "fixed" / "labelsTr").iterdir()
+    imported = read_image(label_file)
+    np.testing.assert_array_equal(imported.array[0], drawing)
+    assert imported.geometry.is_close(read_image(data / "images" / "hip_1.nii.gz").geometry)
+    assert main(["corrections", "export", "-o", str(tmp_path / "again"), "--review", "nope", "-w", str(workspace)]) == 2
