@@ -346,3 +346,22 @@ def test_corrections_export_as_a_data_set_that_imports(client: Any, data: Path, 
     np.testing.assert_array_equal(imported.array[0], drawing)
     assert imported.geometry.is_close(read_image(data / "images" / "hip_1.nii.gz").geometry)
     assert main(["corrections", "export", "-o", str(tmp_path / "again"), "--review", "nope", "-w", str(workspace)]) == 2
+
+
+def test_float_and_32_bit_label_maps_are_sent_as_small_integers(data: Path, tmp_path: Path) -> None:
+    """NiiVue's label shader takes only 8- and 16-bit integers: other label maps are converted before sending."""
+    from fastapi.testclient import TestClient
+
+    prediction = read_image(data / "pred" / "hip_0.nii.gz")
+    write_image(Image(prediction.array.astype(np.float32), GEOMETRY), tmp_path / "pred" / "hip_0.nii.gz")
+    write_image(Image(prediction.array.astype(np.int32) * 150, GEOMETRY), tmp_path / "ref" / "hip_0.nii.gz")
+    cases = collect_cases([data / "images" / "hip_0.nii.gz"], seg=tmp_path / "pred", ref=tmp_path / "ref")
+    with TestClient(viewer_app.create_app(cases)) as client:
+        for kind, dtype, scale in (("prediction", np.uint8, 1), ("reference", np.uint16, 150)):
+            answer = client.get(f"/api/cases/0/{kind}.nii.gz")
+            assert answer.status_code == 200
+            (tmp_path / f"{kind}.nii.gz").write_bytes(answer.content)
+            sent = read_image(tmp_path / f"{kind}.nii.gz")
+            assert sent.array.dtype == dtype
+            np.testing.assert_array_equal(sent.array, prediction.array.astype(np.int64) * scale)
+            assert sent.geometry.is_close(GEOMETRY)

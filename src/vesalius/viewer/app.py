@@ -118,11 +118,13 @@ class _Volumes:
                 raise _Unreadable(self.problems[key] or "unreadable", f"{source}: failed before")
             try:
                 if key not in self.converted:
-                    if image_suffix(source) == ".nii.gz":
+                    as_is = image_suffix(source) == ".nii.gz" and (kind == "image" or _small_integers(source))
+                    if as_is:
                         _full_check(source)
                         self.converted[key] = source
                     else:
-                        self.converted[key] = self._convert(source, self.folder / f"{index}_{kind}.nii.gz")
+                        target = self.folder / f"{index}_{kind}.nii.gz"
+                        self.converted[key] = self._convert(source, target, labels=kind != "image")
                 return self.converted[key]
             except _Unreadable as e:
                 self.problems[key] = e.reason
@@ -132,16 +134,33 @@ class _Volumes:
                 raise _Unreadable(self.problems[key], f"{source}: {type(e).__name__}: {e}") from e
 
     @staticmethod
-    def _convert(source: Path, target: Path) -> Path:
+    def _convert(source: Path, target: Path, *, labels: bool) -> Path:
+        """``source`` as gzipped NIfTI; a label map as 8- or 16-bit integers (NiiVue's label shader takes no others:
+        a float or 32-bit label map would be drawn with the grey-level shader, which tints the whole image)."""
         from vesalius.io import Image, read_image, write_image
 
         image = read_image(source)
-        if image.num_channels > 1 and image.ndim == 2:  # a colour picture: NiiVue shows one grey channel
+        if labels:
+            values = np.rint(image.array)
+            high = float(values.max()) if values.size else 0.0
+            image = Image(values.astype(np.uint8 if high <= 255 else np.uint16), image.geometry)
+        elif image.num_channels > 1 and image.ndim == 2:  # a colour picture: NiiVue shows one grey channel
             image = Image(image.array.astype(np.float32).mean(axis=0, keepdims=True), image.geometry)
         return write_image(image, target)
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _small_integers(source: Path) -> bool:
+    """Whether the image file ``source`` holds 8- or 16-bit integers (read from its header only)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(source))
+    reader.ReadImageInformation()
+    small = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
+    return reader.GetPixelID() in small and reader.GetNumberOfComponents() == 1
 
 
 def _nifti_head(head: bytes) -> tuple[int, int] | None:
