@@ -365,3 +365,24 @@ def test_float_and_32_bit_label_maps_are_sent_as_small_integers(data: Path, tmp_
             assert sent.array.dtype == dtype
             np.testing.assert_array_equal(sent.array, prediction.array.astype(np.int64) * scale)
             assert sent.geometry.is_close(GEOMETRY)
+
+
+@pytest.mark.browser
+def test_keyboard_navigation(browser: Any, server: str) -> None:
+    page = _open(browser, server, 0)
+    page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a control
+    page.keyboard.press("n")
+    page.wait_for_function("window.vesalius.ready && window.vesalius.caseIndex === 1", timeout=30_000)
+    page.keyboard.press("p")
+    page.wait_for_function("window.vesalius.ready && window.vesalius.caseIndex === 0", timeout=30_000)
+    before = page.evaluate("window.vesalius.nv.scene.crosshairPos[2]")
+    page.keyboard.press("ArrowUp")
+    assert page.evaluate("window.vesalius.nv.scene.crosshairPos[2]") > before  # one slice up
+    assert page.is_checked("#show-prediction")
+    page.keyboard.press("1")
+    assert not page.is_checked("#show-prediction")
+    page.keyboard.press("c")
+    assert page.is_checked("#crosshair")
+    page.keyboard.press("w")
+    assert page.input_value("#window-preset") != "auto"
+    page.close()
