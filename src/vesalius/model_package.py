@@ -15,7 +15,9 @@ Layout::
     checkpoint_latest.pt   weights, optimiser and loop state after the last epoch (for --resume)
     checkpoint_best.pt     weights of the best validation epoch
     checkpoint_final.pt    the weights to predict with
-    log.csv, progress.png, tensorboard/   the training log
+    log.csv, progress.png, tensorboard/   the training log, one row per epoch
+    log_iterations.csv     the mean training loss every few iterations (finer learning curves)
+    outcome.json           what the run did (TrainingOutcome): epochs and iterations run, why it stopped
     validation/            the fold's validation predictions and summary.json
     report.html            the run's report
 
@@ -49,9 +51,11 @@ __all__ = [
     "CHECKPOINTS",
     "MODEL_VERSION",
     "ModelPackage",
+    "Resume",
     "TrainedClassification",
     "TrainedConfiguration",
     "TrainedSegmentation",
+    "TrainingOutcome",
     "find_packages",
     "is_model_package",
     "versions",
@@ -138,6 +142,54 @@ class TrainedClassification:
 TrainedConfiguration = TrainedSegmentation | TrainedClassification
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A point where a run was resumed: the epoch and iteration of the checkpoint it continued from."""
+
+    epoch: int
+    iteration: int
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What a run did, as opposed to what its settings planned (``outcome.json``).
+
+    The settings say ``epochs`` 8; a time budget may end the run after 5. Training rewrites this record when it
+    starts, after each epoch and when it ends, so that it always matches the latest checkpoint and ``log.csv``;
+    runs of an older Vesalius have none.
+
+    Attributes:
+        stopped: why the run ended: ``"epochs"`` (all planned), ``"time budget"``, ``"early stopping"``,
+            ``"interrupted"`` (Ctrl-C), ``"error"``; ``None`` while it runs (or when it was killed).
+        reason: the same in one sentence, with the numbers (``time budget of 30 min reached after 5 of 8 planned
+            epochs (1100 of 2000 iterations)``).
+        epochs, iterations: epochs completed (the rows of ``log.csv``; the last one may be cut short by the budget)
+            and iterations run.
+        planned_epochs, iterations_per_epoch, planned_iterations: what the settings asked for.
+        budget_iterations: the iteration count a time budget became after the first epoch (``None`` without a
+            budget, or before it was fixed); ``time_budget_s``: the budget.
+        elapsed_s: seconds of training (validation included), over all sessions of a resumed run.
+        best_epoch: the best validation epoch (``None`` without validation).
+        resumed: where the run was resumed from, in order.
+        log_every: iterations per point of ``log_iterations.csv`` (a shorter last point where an epoch ends).
+    """
+
+    stopped: str | None
+    reason: str
+    epochs: int
+    iterations: int
+    planned_epochs: int
+    iterations_per_epoch: int
+    planned_iterations: int
+    elapsed_s: float
+    budget_iterations: int | None = None
+    time_budget_s: float | None = None
+    best_epoch: int | None = None
+    resumed: tuple[Resume, ...] = ()
+    log_every: int = 1
+    outcome_version: int = 1
+
+
 def versions() -> dict[str, str]:
     """Versions of Vesalius and the packages that decide a model's numbers."""
     found = {}
@@ -157,6 +209,7 @@ class ModelPackage:
     TRAINING = "training.json"
     FINGERPRINT = "fingerprint.json"
     POSTPROCESSING = "postprocessing.json"
+    OUTCOME = "outcome.json"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -180,6 +233,11 @@ class ModelPackage:
     @property
     def log_csv(self) -> Path:
         return self.root / "log.csv"
+
+    @property
+    def log_iterations_csv(self) -> Path:
+        """The training loss every few iterations (:class:`vesalius.training.logs.IterationLog`)."""
+        return self.root / "log_iterations.csv"
 
     @property
     def progress_png(self) -> Path:
@@ -291,6 +349,17 @@ class ModelPackage:
         """The post-processing decided on the validation cases (``postprocessing.json``), if any."""
         return _json_if_present(self.root / self.POSTPROCESSING)
 
+    @property
+    def outcome(self) -> TrainingOutcome | None:
+        """What the run did (``outcome.json``), or ``None`` for a run of an older Vesalius that did not record it.
+
+        Read afresh each time: training rewrites it as it goes.
+        """
+        path = self.root / self.OUTCOME
+        if not path.is_file():
+            return None
+        return load_document(TrainingOutcome, path, "resume the run (--resume) to write it again")
+
     def validation_summary(self) -> dict[str, Any] | None:
         """The validation's ``summary.json``, if the model was validated."""
         return _json_if_present(self.validation_summary_path)
@@ -358,6 +427,10 @@ class ModelPackage:
         path = self.checkpoint_path(name)
         save_checkpoint(path, state)
         return path
+
+    def write_outcome(self, outcome: TrainingOutcome) -> None:
+        """Record what the run did so far (atomically: a killed run leaves the previous record)."""
+        write_json_atomic(self.root / self.OUTCOME, to_json(outcome))
 
     def write_postprocessing(self, decision: dict[str, Any]) -> None:
         write_json_atomic(self.root / self.POSTPROCESSING, decision)

@@ -141,3 +141,25 @@ def test_report_opens_offline_in_a_browser(browser: Any, fake_run: Path, tmp_pat
     assert page.locator("section").count() == len(SECTIONS["segmentation"])
     page.screenshot(path=str(artifacts / "report.png"), full_page=True)
     context.close()
+
+
+def test_a_run_without_a_training_record_reports_it_not_recorded(fake_run: Path, tmp_path: Path) -> None:
+    # fake_run is laid out as an older Vesalius wrote runs: no outcome.json, no log_iterations.csv
+    html = build_report(fake_run, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<th>stopped</th><td>not recorded (a run of an older Vesalius)</td>" in html
+    assert "<th>epochs run</th><td>not recorded (log.csv holds 3 epochs)</td>" in html
+    assert "<th>iterations run</th><td>not recorded (log.csv ends at iteration 30)</td>" in html
+    assert "<th>epochs (planned)</th><td>3</td>" in html
+    assert "Per epoch (3 epochs, log.csv); training loss every few iterations: not recorded." in html
+    # the pseudo-Dice of training's validation patches: the last epoch's and the best
+    assert "<th>validation pseudo-Dice, last epoch</th><td>0.500 (organ 0.600, lesion 0.400)</td>" in html
+    assert "<th>validation pseudo-Dice, best epoch</th><td>0.500 (epoch 2)</td>" in html
+
+
+def test_the_report_of_a_training_shows_what_it_did(trained: Any) -> None:
+    html = (trained.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "<th>stopped</th><td>completed all 4 planned epochs (60 iterations)</td>" in html
+    assert "<th>epochs run</th><td>4 of 4 planned</td>" in html
+    assert "<th>iterations run</th><td>60 of 60 planned (15 per epoch)</td>" in html
+    assert "<th>validation pseudo-Dice, last epoch</th>" in html and "organ" in html
+    assert "Training loss every iteration (60 points, log_iterations.csv)" in html

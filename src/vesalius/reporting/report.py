@@ -15,6 +15,12 @@ Sources:
   :func:`vesalius.metrics.classification.classification_metrics`, the confusion matrix,
   one-vs-rest ROC curves and a calibration plot; the PNG files in ``validation/gradcam/`` form a Grad-CAM gallery.
 
+Runs show what training did next to what its settings planned: the epochs and iterations run and why the run
+stopped (its :class:`~vesalius.model_package.TrainingOutcome`; "not recorded" for runs of an older Vesalius), the
+last validation pseudo-Dice (or AUC), and learning curves against the iteration: the training loss every few
+iterations (``log_iterations.csv``) with the per-epoch validation figures of ``log.csv`` at the iteration each epoch
+ended.
+
 Segmentation reports show per-class metric tables (mean, median, standard deviation over the cases) and box plots,
 the best, median and worst case by mean Dice over the classes as overlays (:mod:`vesalius.reporting.overlay`), and
 their measurements (volumes, connected components). Every section is present; one without data says why.
@@ -41,7 +47,13 @@ from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix
 from vesalius.io.atomic import write_bytes_atomic
 from vesalius.io.schema import to_json
 from vesalius.metrics.classification import roc_curve
-from vesalius.model_package import ModelPackage, TrainedClassification, TrainedSegmentation, is_model_package
+from vesalius.model_package import (
+    ModelPackage,
+    TrainedClassification,
+    TrainedSegmentation,
+    TrainingOutcome,
+    is_model_package,
+)
 from vesalius.outputs import check_output
 
 __all__ = ["SECTIONS", "build_report", "build_report_or_warn"]
@@ -180,6 +192,74 @@ def _settings_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
     return [(key, _short(value)) for key, value in settings.items() if value is not None]
 
 
+def _training_rows(package: ModelPackage, log: list[dict[str, float]]) -> list[tuple[str, str]]:
+    """The training table: what the run did (epochs and iterations run, why it stopped, its last validation
+    figures), then the settings, whose ``epochs`` is only what was planned (a time budget may end a run sooner)."""
+    settings = package.settings
+    rows = _outcome_rows(package, log) + _validation_rows(package, log)
+    return rows + [("epochs (planned)" if key == "epochs" else key, text) for key, text in _settings_rows(settings)]
+
+
+def _outcome_rows(package: ModelPackage, log: list[dict[str, float]]) -> list[tuple[str, str]]:
+    """Rows from the run's :class:`TrainingOutcome`; "not recorded" (with what ``log.csv`` shows) without one."""
+    try:
+        outcome: TrainingOutcome | None = package.outcome
+    except VesaliusError as e:
+        return [("stopped", f"unreadable record: {e.one_line()}")]
+    if outcome is None:
+        epochs = f" (log.csv holds {len(log)} epochs)" if log else ""
+        last = log[-1].get("iteration", math.nan) if log else math.nan
+        iterations = "" if math.isnan(last) else f" (log.csv ends at iteration {last:.0f})"
+        return [
+            ("stopped", "not recorded (a run of an older Vesalius)"),
+            ("epochs run", "not recorded" + epochs),
+            ("iterations run", "not recorded" + iterations),
+        ]
+    iterations = f"{outcome.iterations} of {outcome.planned_iterations} planned ({outcome.iterations_per_epoch}"
+    iterations += " per epoch)"
+    if outcome.budget_iterations is not None and outcome.budget_iterations < outcome.planned_iterations:
+        iterations += f"; the time budget allowed {outcome.budget_iterations}"
+    rows = [
+        ("stopped", outcome.reason),
+        ("epochs run", f"{outcome.epochs} of {outcome.planned_epochs} planned"),
+        ("iterations run", iterations),
+        ("training time", f"{outcome.elapsed_s:.0f} s ({outcome.elapsed_s / 60:.1f} min)"),
+    ]
+    if outcome.best_epoch is not None:
+        rows.append(("best epoch", str(outcome.best_epoch)))
+    if outcome.resumed:
+        rows.append(("resumed", ", ".join(f"at epoch {r.epoch} (iteration {r.iteration})" for r in outcome.resumed)))
+    return rows
+
+
+def _validation_rows(package: ModelPackage, log: list[dict[str, float]]) -> list[tuple[str, str]]:
+    """The validation figures of training's last epoch and its best: the pseudo-Dice (segmentation: mean, then per
+    class, on the fixed validation patches) or the AUC and accuracy (classification); none without validation."""
+    segmentation = package.task == "segmentation"
+    name, key = ("validation pseudo-Dice", "dice_mean") if segmentation else ("validation AUC", "val_auc")
+    logged = [r for r in log if key in r]
+    if not logged:
+        if package.split["val"]:
+            return [(name, "none: not in log.csv")]
+        return [(name, f"none: no validation cases (fold {package.settings.get('fold')})")]
+    last = logged[-1]
+    if segmentation:
+        per_class = [k for k in last if k.startswith("dice_") and k != key]  # and dice_ema, the smoothed mean
+        others = [f"{k.removeprefix('dice_')} {_number(last[k])}" for k in per_class]
+    else:
+        others = [f"accuracy {_number(last.get('val_accuracy', math.nan))}"]
+    rows = [(f"{name}, last epoch", f"{_number(last[key])} ({', '.join(others)})")]
+    scored = [r for r in logged if not math.isnan(r[key])]
+    if scored:
+        best = max(scored, key=lambda r: r[key])
+        rows.append((f"{name}, best epoch", f"{_number(best[key])} (epoch {best.get('epoch', math.nan):.0f})"))
+    return rows
+
+
+def _number(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return text if len(text) <= 160 else text[:157] + "..."
@@ -217,8 +297,7 @@ def _segmentation_run_context(package: ModelPackage, workspace: str | Path | Non
         "dataset_rows": _dataset_rows(dataset, split) if dataset else [],
         "plan_rows": _settings_rows(to_json(trained.configuration)),
         "normalization": _short(to_json(trained.normalization)),
-        "training_rows": _settings_rows(settings),
-        "curves": _curves(package.log_csv),
+        **_training_context(package),
         **_scores_context(cases, names, tolerance_mm=1.0),
         "notes": notes,
     }
@@ -279,6 +358,14 @@ def _case_file(folder: Path | None, case_id: str) -> Path | None:
         if path.is_file() and image_suffix(path) and strip_suffix(path) in (case_id, f"{case_id}_0000"):
             return path
     return None
+
+
+def _numeric_rows(path: Path) -> list[dict[str, float]]:
+    """The rows of a CSV file of numbers (a training log), each value a float (NaN where it is not a number); a
+    row cut short (a log being written) is left out."""
+    if not path.is_file():
+        return []
+    return [{k: _float(v) for k, v in r.items()} for r in _read_csv(path) if None not in r and None not in r.values()]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -437,8 +524,7 @@ def _classification_context(package: ModelPackage, workspace: str | Path | None)
         "dataset_rows": _dataset_rows(dataset, package.split) if dataset else [],
         "plan_rows": _settings_rows(to_json(trained.network)),
         "normalization": _short(to_json(trained.normalization)),
-        "training_rows": _settings_rows(settings),
-        "curves": _curves(package.log_csv),
+        **_training_context(package),
         "classification_rows": metrics_rows,
         "confusion": cm,
         "classification_figures": [(title, _data_uri(png)) for title, png in figures],
@@ -498,17 +584,27 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _curves(log_csv: Path) -> str | None:
-    """Learning curves from a ``log.csv`` (losses, other scores, learning rate against the epoch) as a data URI."""
-    if not log_csv.is_file():
-        return None
-    with open(log_csv, newline="", encoding="utf-8") as f:
-        rows = [{k: _float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    if not rows:
-        return None
-    x_key = "epoch" if "epoch" in rows[0] else next(iter(rows[0]))
+def _training_context(package: ModelPackage) -> dict[str, Any]:
+    """The training table and the learning curves of a run."""
+    log = _numeric_rows(package.log_csv)
+    points = _numeric_rows(package.log_iterations_csv)
+    curves, caption = _curves(log, points) if log else (None, "")
+    return {"training_rows": _training_rows(package, log), "curves": curves, "curves_caption": caption}
+
+
+def _curves(rows: list[dict[str, float]], points: list[dict[str, float]]) -> tuple[str, str]:
+    """Learning curves (a data URI) and their caption: losses, validation scores and learning rate.
+
+    Against the iteration: the training loss (and learning rate) of each point of the iteration log ``points``
+    (``log_iterations.csv``), and the per-epoch rows of ``log.csv`` (``rows``: validation loss, pseudo-Dice or
+    AUC) as marked points at the iteration where each epoch ended. A log without the iteration log (a run of an
+    older Vesalius) is drawn per epoch.
+    """
+    x_key = "iteration" if "iteration" in rows[0] else "epoch" if "epoch" in rows[0] else next(iter(rows[0]))
+    if x_key != "iteration":
+        points = []
     x = [r[x_key] for r in rows]
-    skip = {x_key, "iteration", "elapsed_s", "lr"}
+    skip = {x_key, "epoch", "iteration", "elapsed_s", "lr"}
     groups = {
         "loss": [k for k in rows[0] if "loss" in k and k not in skip],
         "score": [k for k in rows[0] if "loss" not in k and k not in skip],
@@ -516,17 +612,32 @@ def _curves(log_csv: Path) -> str | None:
     plt = _figure()
     panels = [g for g in ("loss", "score") if groups[g]] + (["lr"] if "lr" in rows[0] else [])
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+    every = int(max(p["iterations"] for p in points)) if points else 0
+    spacing = "every iteration" if every == 1 else f"every {every} iterations"
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         for key in groups.get(panel, ["lr"]):
-            ax.plot(
-                x, [r.get(key, float("nan")) for r in rows], label=key, linestyle="--" if key == "dice_mean" else "-"
-            )
+            if points and key in ("train_loss", "lr"):
+                label = f"{key} ({spacing})" if key == "train_loss" else key
+                ax.plot([p["iteration"] for p in points], [p[key] for p in points], label=label, linewidth=1)
+                continue
+            style = "--" if key == "dice_mean" else "-"
+            ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key, linestyle=style, marker=".")
         ax.set_ylabel({"loss": "loss", "score": "validation score", "lr": "learning rate"}[panel])
         if panel != "lr":
             ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel(x_key)
     fig.tight_layout()
-    return _data_uri(_png(fig))
+    validated = bool(groups["score"]) or groups["loss"] != ["train_loss"]
+    if not points:
+        caption = f"Per epoch ({len(rows)} epochs, log.csv); training loss every few iterations: not recorded."
+    elif validated:
+        caption = (
+            f"Training loss {spacing} ({len(points)} points, log_iterations.csv); validation figures after each "
+            f"of the {len(rows)} epochs (log.csv), at the iteration the epoch ended."
+        )
+    else:
+        caption = f"Training loss {spacing} ({len(points)} points, log_iterations.csv); no validation cases."
+    return _data_uri(_png(fig)), caption
 
 
 def _boxplot(cases: list[_Case], names: list[str], metric: str) -> dict[str, str]:

@@ -1,21 +1,31 @@
-"""What a training run writes as it goes: a CSV of per-epoch figures, TensorBoard events and ``progress.png``.
+"""What a training run writes as it goes: a CSV of per-epoch figures, TensorBoard events and ``progress.png``, and a
+CSV of the training loss every few iterations.
 
 Each epoch is one row (a dict of numbers). The CSV and the plot are rewritten whole from all rows each epoch,
 atomically, so they always agree with the latest checkpoint (which stores the rows); TensorBoard events are
 appended, and a resumed run purges events written after its checkpoint.
+
+The iteration log (:class:`IterationLog`) has many more rows (a long run: thousands), so it is appended to rather
+than rewritten; the checkpoint stores how many rows it had, and a resumed run first cuts the file back to them.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vesalius.io.atomic import write_bytes_atomic
 
-__all__ = ["TrainingLog"]
+__all__ = ["ITERATION_COLUMNS", "IterationLog", "TrainingLog", "iteration_log_interval"]
+
+#: The columns of the iteration log: the epoch, the iterations done at the point, the iterations it averages,
+#: their mean training loss, the learning rate of its last step and the training seconds so far.
+ITERATION_COLUMNS = ("epoch", "iteration", "iterations", "train_loss", "lr", "elapsed_s")
 
 
 class TrainingLog:
@@ -103,3 +113,65 @@ class TrainingLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def iteration_log_interval(iterations_per_epoch: int, planned_iterations: int) -> int:
+    """Iterations per point of the iteration log: at least 10 points an epoch and about 200 over the planned run,
+    whichever is finer (a run of 8 epochs of 250 iterations: every 10; of 1000 epochs: every 25), at least 1.
+
+    Fixed when a run starts (its checkpoint keeps it), so that a resumed run with more epochs keeps its spacing.
+    """
+    return max(1, min(math.ceil(iterations_per_epoch / 10), math.ceil(planned_iterations / 200)))
+
+
+class IterationLog:
+    """The training loss every few iterations (``log_iterations.csv``, columns :data:`ITERATION_COLUMNS`).
+
+    Rows are appended and flushed as they come; :meth:`sync` makes them durable before a checkpoint records their
+    count. A run resumed from a checkpoint opens the log with the count it recorded (``keep``): rows written after
+    that checkpoint (which the resumed run writes again) and a row cut short by a kill are dropped, by an atomic
+    rewrite. :attr:`points` is the number of rows.
+    """
+
+    def __init__(self, path: Path, keep: int = 0) -> None:
+        rows = self._read_rows(path)[:keep]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(ITERATION_COLUMNS)
+        writer.writerows(rows)
+        write_bytes_atomic(path, buffer.getvalue().encode())
+        self.points = len(rows)
+        self._file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        self._writer = csv.writer(self._file, lineterminator="\n")
+
+    @staticmethod
+    def _read_rows(path: Path) -> list[list[str]]:
+        """The complete rows of an existing log (up to a row a kill cut short), without the header."""
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = list(csv.reader(f))[1:]
+        complete = []
+        for row in rows:
+            try:
+                values = [float(v) for v in row]
+            except ValueError:
+                break
+            if len(values) != len(ITERATION_COLUMNS):
+                break
+            complete.append(row)
+        return complete
+
+    def add(self, row: dict[str, float]) -> None:
+        """Append one point (a dict with the :data:`ITERATION_COLUMNS`)."""
+        self._writer.writerow([row[key] for key in ITERATION_COLUMNS])
+        self._file.flush()
+        self.points += 1
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (before a checkpoint records :attr:`points`)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()

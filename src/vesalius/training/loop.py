@@ -16,8 +16,13 @@ figures and which epoch is best. Everything else lives here, once:
   ``checkpoint_latest.pt`` (everything a resumed run needs) and ``checkpoint_best.pt`` when the head says the epoch
   is the best so far; within an epoch, ``checkpoint_latest.pt`` every ``checkpoint_interval_s`` too, so a kill
   loses minutes, not an epoch; at the end ``checkpoint_final.pt`` (the last or the best weights, as the head says);
+* **within an epoch**: the mean training loss every few iterations (``log_iterations.csv``,
+  :class:`~vesalius.training.logs.IterationLog`), so that a run of a few long epochs still has a learning curve;
 * **stopping**: after the epochs (or iterations), when the time budget is spent (also mid-epoch), or when the
-  head says so (early stopping).
+  head says so (early stopping);
+* **the record** (``outcome.json``, :class:`~vesalius.model_package.TrainingOutcome`): the epochs and iterations
+  actually run and why the run stopped (the settings only say what was planned), written when the run starts,
+  after each epoch and at its end (also when it is interrupted or fails), so that it matches the latest checkpoint.
 
 Determinism: the initial weights depend on the seed, a step's batch and augmentation on ``(seed, iteration)``
 (:func:`step_seed`); a run resumed from ``checkpoint_latest.pt`` (written at an epoch's end or within it)
@@ -27,6 +32,7 @@ continues exactly as the uninterrupted run would have, budgeted runs included on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
@@ -40,9 +46,9 @@ import torch
 from torch import nn
 
 from vesalius.errors import VesaliusError
-from vesalius.model_package import ModelPackage
+from vesalius.model_package import ModelPackage, Resume, TrainingOutcome
 from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
-from vesalius.training.logs import TrainingLog
+from vesalius.training.logs import IterationLog, TrainingLog, iteration_log_interval
 from vesalius.training.schedule import learning_rate
 from vesalius.training.settings import Settings
 
@@ -63,7 +69,8 @@ def step_seed(seed: int, iteration: int) -> int:
 class TrainingResult:
     """What a finished run produced.
 
-    ``stopped`` says why it ended: ``"epochs"``, ``"time budget"`` or ``"early stopping"``; ``best_score`` is the
+    ``stopped`` says why it ended: ``"epochs"``, ``"time budget"`` or ``"early stopping"`` (``outcome.json`` records
+    it with the numbers, :class:`~vesalius.model_package.TrainingOutcome`); ``best_score`` is the
     head's best validation figure (segmentation: the smoothed pseudo-Dice; classification: AUC; NaN without
     validation), reached at epoch ``best_epoch``; ``validation`` is filled by the validation of the Python API.
     """
@@ -181,8 +188,14 @@ class TrainingLoop:
         self.epoch_first: int | None = None  # first iteration of an epoch in progress
         self.epoch_losses: list[float] = []
         self.lr = float(settings.lr or 0.0)
+        self.planned_epochs = int(settings.epochs or 1)
+        self.planned = self.planned_epochs * head.iterations_per_epoch
+        self.log_every = iteration_log_interval(head.iterations_per_epoch, self.planned)
+        self.log_points = 0  # rows of log_iterations.csv that belong to this state
+        self.resumed: list[tuple[int, int]] = []  # (epoch, iteration) of each resume
         if state is not None:
             self.load_state(state)
+            self.resumed.append((self.epoch, self.iteration))
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -199,6 +212,9 @@ class TrainingLoop:
             "epoch_first": -1 if self.epoch_first is None else self.epoch_first,
             "epoch_losses": list(self.epoch_losses),
             "lr": self.lr,
+            "log_every": self.log_every,
+            "log_points": self.log_points,
+            "resumed": [list(r) for r in self.resumed],
             "torch_rng": torch.get_rng_state(),
             "head": self.head.state(),
             "training": self.settings.to_dict(),
@@ -223,6 +239,10 @@ class TrainingLoop:
         self.epoch_first = None if int(state["epoch_first"]) < 0 else int(state["epoch_first"])
         self.epoch_losses = [float(v) for v in state["epoch_losses"]]
         self.lr = float(state["lr"])
+        # checkpoints of a Vesalius without the iteration log: it starts afresh at the resumed iteration
+        self.log_every = int(state.get("log_every", self.log_every))
+        self.log_points = int(state.get("log_points", 0))
+        self.resumed = [(int(e), int(i)) for e, i in state.get("resumed", [])]
         torch.set_rng_state(state["torch_rng"])
         self.head.load_state(state["head"])
 
@@ -275,22 +295,33 @@ class TrainingLoop:
     def run(self, show_progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> TrainingResult:
         """Train to the end (see the module docstring), write ``checkpoint_final.pt``, and return the result."""
         head, settings = self.head, self.settings
-        log = TrainingLog(
-            self.package.log_csv,
-            self.package.progress_png,
-            head.class_names,
-            self.rows,
-            tensorboard_dir=self.package.tensorboard_dir,
-            metrics=head.log_metrics,
-        )
-        try:
-            stopped = self._epochs(log, show_progress, callbacks)
-        finally:
-            log.close()
+        with contextlib.ExitStack() as stack:
+            log = TrainingLog(
+                self.package.log_csv,
+                self.package.progress_png,
+                head.class_names,
+                self.rows,
+                tensorboard_dir=self.package.tensorboard_dir,
+                metrics=head.log_metrics,
+            )
+            stack.callback(log.close)
+            points = IterationLog(self.package.log_iterations_csv, keep=self.log_points)
+            stack.callback(points.close)
+            self.log_points = points.points  # fewer where a crash lost rows the checkpoint counted
+            try:
+                self._record(None)
+                stopped = self._epochs(log, points, show_progress, callbacks)
+            except KeyboardInterrupt:
+                self._record_failure("interrupted", "")
+                raise
+            except Exception as e:
+                self._record_failure("error", e.one_line() if isinstance(e, VesaliusError) else repr(e))
+                raise
         final = self.model.state_dict()
         if head.final == "best" and self.best_epoch is not None:
             final = self.package.load_checkpoint("best")["model"]
         self.package.save_checkpoint("final", {"model": final, "training": settings.to_dict()})
+        self._record(stopped)
         return TrainingResult(
             run_dir=self.package.root,
             epochs=self.epoch,
@@ -301,10 +332,12 @@ class TrainingLoop:
             best_score=head.best_score(),
         )
 
-    def _epochs(self, log: TrainingLog, show_progress: bool, callbacks: Sequence[EpochCallback]) -> str:
+    def _epochs(
+        self, log: TrainingLog, points: IterationLog, show_progress: bool, callbacks: Sequence[EpochCallback]
+    ) -> str:
         settings, head = self.settings, self.head
-        epochs, per_epoch, budget = int(settings.epochs or 1), head.iterations_per_epoch, settings.time_budget_s
-        planned = epochs * per_epoch
+        epochs, per_epoch, budget = self.planned_epochs, head.iterations_per_epoch, settings.time_budget_s
+        planned = self.planned
         bar = ProgressBar(planned, budget, show_progress, head.progress_metric, head.progress_label)
         bar.update(self.iteration, self.elapsed_s, self.rows[-1] if self.rows else {})
         with bar:
@@ -320,7 +353,9 @@ class TrainingLoop:
                         return reason
                     self.epoch_first, self.epoch_losses = self.iteration, []
                 head.start_epoch(self.epoch)
-                self._steps(min(self.epoch_first + per_epoch, total), total, bar)
+                self._steps(min(self.epoch_first + per_epoch, total), total, bar, points)
+                if len(self.epoch_losses) % self.log_every:  # the epoch's last, shorter point
+                    self._add_point(points, len(self.epoch_losses) % self.log_every)
                 row: dict[str, float] = {
                     "epoch": self.epoch,
                     "iteration": self.iteration,
@@ -344,13 +379,15 @@ class TrainingLoop:
                 self.epoch_first = None
                 self.rows.append(row)
                 log.add(row)
-                self._save_latest()
+                self._save_latest(points)
+                self._record(None)
                 bar.update(self.iteration, self.elapsed_s, row)
                 for callback in callbacks:
                     callback(row)
 
-    def _steps(self, end: int, total: int, bar: ProgressBar) -> None:
-        """Train up to iteration ``end`` of the current epoch; a checkpoint every ``checkpoint_interval_s``."""
+    def _steps(self, end: int, total: int, bar: ProgressBar, points: IterationLog) -> None:
+        """Train up to iteration ``end`` of the current epoch; a point of the iteration log every
+        :attr:`log_every` steps of the epoch, a checkpoint every ``checkpoint_interval_s``."""
         settings, budget = self.settings, self.settings.time_budget_s
         start, elapsed0 = time.perf_counter(), self.elapsed_s
         saved = start
@@ -363,12 +400,86 @@ class TrainingLoop:
             self.iteration += 1
             self.elapsed_s = elapsed0 + time.perf_counter() - start
             bar.update(self.iteration, self.elapsed_s, {"train_loss": self.epoch_losses[-1]})
+            if len(self.epoch_losses) % self.log_every == 0:
+                self._add_point(points, self.log_every)
             if self.iteration < end and time.perf_counter() - saved >= settings.checkpoint_interval_s:
-                self._save_latest()  # mid-epoch: a kill loses minutes, not an epoch
+                self._save_latest(points)  # mid-epoch: a kill loses minutes, not an epoch
                 saved = time.perf_counter()
 
-    def _save_latest(self) -> None:
+    def _add_point(self, points: IterationLog, steps: int) -> None:
+        """A point of the iteration log: the mean training loss of the epoch's last ``steps`` steps.
+
+        Points never span two epochs, so that each one can be made again from ``epoch_losses`` (which a checkpoint
+        within an epoch stores) and a resumed run writes the same points as an uninterrupted one.
+        """
+        points.add(
+            {
+                "epoch": self.epoch,
+                "iteration": self.iteration,
+                "iterations": steps,
+                "train_loss": float(np.mean(self.epoch_losses[-steps:])),
+                "lr": self.lr,
+                "elapsed_s": round(self.elapsed_s, 3),
+            }
+        )
+        self.log_points += 1
+
+    def _save_latest(self, points: IterationLog) -> None:
+        points.sync()  # the checkpoint counts the iteration log's rows: they must be on disk first
         self.package.save_checkpoint("latest", self.state())
+
+    # -- the record ----------------------------------------------------------------------------------------------
+    def _record(self, stopped: str | None, detail: str = "") -> None:
+        """Write ``outcome.json``: what the run did so far, and why it stopped (``None``: it has not)."""
+        self.package.write_outcome(
+            TrainingOutcome(
+                stopped=stopped,
+                reason=self._reason(stopped, detail),
+                epochs=self.epoch,
+                iterations=self.iteration,
+                planned_epochs=self.planned_epochs,
+                iterations_per_epoch=self.head.iterations_per_epoch,
+                planned_iterations=self.planned,
+                elapsed_s=round(self.elapsed_s, 3),
+                budget_iterations=self.total,
+                time_budget_s=self.settings.time_budget_s,
+                best_epoch=self.best_epoch,
+                resumed=tuple(Resume(e, i) for e, i in self.resumed),
+                log_every=self.log_every,
+            )
+        )
+
+    def _record_failure(self, stopped: str, detail: str) -> None:
+        """:meth:`_record` on the way out of an interrupted or failed run: a failure to write the record must not
+        hide the exception that ended the run."""
+        with contextlib.suppress(Exception):
+            self._record(stopped, detail)
+
+    def _reason(self, stopped: str | None, detail: str) -> str:
+        """Why the run stopped, in one sentence with the numbers."""
+        done = f"{self.epoch} of {self.planned_epochs} planned epochs ({self.iteration} of {self.planned} iterations)"
+        if stopped is None:
+            return f"not finished: {done} when last recorded (still running, or killed: continue it with --resume)"
+        if stopped == "epochs":
+            return f"completed all {self.planned_epochs} planned epochs ({self.iteration} iterations)"
+        if stopped == "time budget":
+            return f"time budget of {_duration(float(self.settings.time_budget_s or 0.0))} reached after {done}"
+        if stopped == "early stopping":
+            patience = getattr(self.settings, "early_stopping", None)
+            return f"early stopping: no better validation score for {patience} epochs, after {done}"
+        if stopped == "interrupted":
+            return f"interrupted (Ctrl-C) after {done}; continue it with --resume"
+        if stopped == "error":
+            return f"stopped by an error after {done}: {detail}"
+        return f"{stopped} after {done}"
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as people say it: ``45 s``, ``30 min``, ``2 h 5 min``."""
+    if seconds < 120:
+        return f"{seconds:g} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
 class ProgressBar:
