@@ -577,10 +577,10 @@ def view(
     Verdicts, notes and corrected label maps go to WORKSPACE/reviews/NAME (the workspace viewed, else the default
     workspace), never next to the inputs.
     """
+    from vesalius.evaluation.review import Review
     from vesalius.evaluation.segmentation import label_names
     from vesalius.viewer.app import NIIVUE_BUNDLE, create_app, install_hint, serve
     from vesalius.viewer.cases import collect_cases
-    from vesalius.viewer.review import Review
     from vesalius.workspace import Workspace
 
     if not review or not review.replace("-", "").replace("_", "").isalnum():
@@ -593,7 +593,7 @@ def view(
     if not NIIVUE_BUNDLE.is_file():
         err.print(f"warning: NiiVue is not installed, the page cannot draw images: {install_hint()}", markup=False)
     serve(
-        create_app(cases, review=Review(ws.root / "reviews" / review)),
+        create_app(cases, review=Review.of(ws.root, review)),
         host,
         port,
         on_ready=lambda url: out.print(f"Vesalius viewer: {url} ({len(cases)} cases; Ctrl+C stops)", markup=False),
@@ -612,13 +612,13 @@ def corrections_export(
 ) -> None:
     """Write the cases corrected in the viewer (their images and corrected label maps) as a folder that
     'vesalius import' takes as a new data set."""
-    from vesalius.viewer.review import Review
+    from vesalius.evaluation.review import Review
     from vesalius.workspace import Workspace
 
-    folder = Workspace.resolve(workspace).root / "reviews" / review
-    if not (folder / "review.json").is_file():
-        raise VesaliusError("no review of this name", folder, "check --review and --workspace (vesalius view)")
-    written, count = Review(folder).export_corrections(output)
+    found = Review.of(Workspace.resolve(workspace).root, review)
+    if not found.entries:
+        raise VesaliusError("no review of this name", found.folder, "check --review and --workspace (vesalius view)")
+    written, count = found.export_corrections(output)
     out.print(f"{count} corrected case(s) written to {written}; import them with: vesalius import {written} NAME")
 
 

@@ -163,3 +163,22 @@ def test_the_report_of_a_training_shows_what_it_did(trained: Any) -> None:
     assert "<th>iterations run</th><td>60 of 60 planned (15 per epoch)</td>" in html
     assert "<th>validation pseudo-Dice, last epoch</th>" in html and "organ" in html
     assert "Training loss every iteration (60 points, log_iterations.csv)" in html
+
+
+def test_a_run_report_shows_the_reviews_of_its_validation_cases(fake_run: Path, tmp_path: Path) -> None:
+    """Verdicts given in the viewer (``vesalius view --review NAME``) appear in the run's report, escaped."""
+    import shutil
+
+    from vesalius.evaluation.review import Review
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(fake_run.parents[3], workspace)  # the fake run's workspace, so that its reviews are ours
+    run = workspace / fake_run.relative_to(fake_run.parents[3])
+    html = build_report(run, tmp_path / "empty.html").read_text(encoding="utf-8")
+    assert "No review of these cases" in html
+    Review.of(workspace, "second-look").set("ph/phantom_002", verdict="needs correction", note="lesion <missed>")
+    Review.of(workspace, "second-look").set("other/phantom_003", verdict="reject")  # another data set's case
+    html = build_report(run, tmp_path / "report.html").read_text(encoding="utf-8")
+    review = html[html.index('<section id="review">') :]
+    assert "second-look" in review and "phantom_002" in review and "needs correction" in review
+    assert "lesion &lt;missed&gt;" in review and "phantom_003" not in review

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vesalius.evaluation.review import Review
 from vesalius.evaluation.segmentation import evaluate_folder
 from vesalius.io import Geometry, Image, read_image, write_image
 from vesalius.viewer import app as viewer_app
 from vesalius.viewer.cases import collect_cases
-from vesalius.viewer.review import Review
 
 SHAPE = (40, 36, 12)
 SPACING = (0.8, 1.1, 2.5)

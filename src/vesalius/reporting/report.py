@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from vesalius.errors import VesaliusError
+from vesalius.evaluation.review import reviews_of_cases
 from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix
 from vesalius.io.atomic import write_bytes_atomic
 from vesalius.io.schema import to_json
@@ -59,7 +60,7 @@ from vesalius.outputs import check_output
 __all__ = ["SECTIONS", "build_report", "build_report_or_warn"]
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "segmentation": ("dataset", "plan", "training", "metrics", "cases", "measurements"),
+    "segmentation": ("dataset", "plan", "training", "metrics", "cases", "measurements", "review"),
     "evaluation": ("dataset", "metrics", "cases", "measurements"),
     "classification": ("dataset", "plan", "training", "classification", "gradcam"),
 }
@@ -299,6 +300,7 @@ def _segmentation_run_context(package: ModelPackage, workspace: str | Path | Non
         "normalization": _short(to_json(trained.normalization)),
         **_training_context(package),
         **_scores_context(cases, names, tolerance_mm=1.0),
+        "reviews": reviews_of_cases(ws.root, set(split["val"]), trained.dataset),
         "notes": notes,
     }
 

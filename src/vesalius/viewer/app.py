@@ -13,7 +13,7 @@ Routes:
   :func:`vesalius.metrics.segmentation.segmentation_metrics`, as ``vesalius evaluate`` does (tolerance 1 mm,
   the case's labels, else every label value found in the references): the same figures as its ``metrics.csv``;
 - ``PUT /api/cases/{index}/review``: ``{"verdict": one of VERDICTS or null, "note": text}``, saved to the review
-  folder (:mod:`vesalius.viewer.review`);
+  folder (:mod:`vesalius.evaluation.review`);
 - ``POST /api/cases/{index}/correction``: the page's drawing (NiiVue's NIfTI of it, optionally gzipped), written
   as ``corrections/CASE.nii.gz`` on the case image's exact grid (a drawing of another shape is refused, 422);
 - ``/api/cases/{index}/{image|prediction|reference}.nii.gz``: a volume as gzipped NIfTI. NIfTI files are sent as
@@ -46,10 +46,10 @@ import numpy as np
 from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from vesalius.errors import VesaliusError
+from vesalius.evaluation.review import MAX_NOTE, VERDICTS, Review, drawing_to_labels
 from vesalius.io import image_suffix
 from vesalius.reporting.overlay import PALETTE
 from vesalius.viewer.cases import ViewerCase
-from vesalius.viewer.review import MAX_NOTE, VERDICTS, Review, drawing_to_labels
 
 __all__ = ["NIIVUE_BUNDLE", "create_app", "install_hint", "protect", "serve", "trusted_hosts"]
 

@@ -33,13 +33,16 @@ from vesalius.errors import VesaliusError
 from vesalius.io import Image, read_image, write_image
 from vesalius.io.atomic import write_bytes_atomic, write_json_atomic
 
-__all__ = ["MAX_NOTE", "VERDICTS", "Review", "drawing_to_labels"]
+__all__ = ["MAX_NOTE", "REVIEWS", "VERDICTS", "Review", "drawing_to_labels", "reviews_of_cases"]
 
 VERDICTS = ("accept", "needs correction", "reject")
 """The verdicts a case can get (or none)."""
 
 MAX_NOTE = 2000
 """The longest note, in characters."""
+
+REVIEWS = "reviews"
+"""The workspace's folder of reviews (one sub-folder per review name)."""
 
 
 class Review:
@@ -55,6 +58,11 @@ class Review:
                 self.entries = {str(k): dict(v) for k, v in json.loads(path.read_text())["cases"].items()}
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise VesaliusError("the review file cannot be read", path, "repair or remove it") from None
+
+    @classmethod
+    def of(cls, workspace_root: Path, name: str) -> Review:
+        """The review ``name`` of the workspace at ``workspace_root`` (``reviews/NAME``)."""
+        return cls(workspace_root / REVIEWS / name)
 
     @property
     def corrections(self) -> Path:
@@ -142,3 +150,24 @@ def drawing_to_labels(data: bytes, max_bytes: int) -> np.ndarray:
     if len(data) < offset + count:
         raise ValueError("truncated drawing")
     return np.frombuffer(data, np.uint8, count, offset).reshape(shape, order="F").copy()
+
+
+def reviews_of_cases(workspace_root: Path, case_ids: set[str], group: str | None = None) -> list[dict[str, Any]]:
+    """What the workspace's reviews say of ``case_ids`` (of data set or folder ``group``, when given): one row per
+    review and case, ``{"review", "case", "verdict", "note", "corrected"}``, sorted by review and case. A review
+    file that cannot be read is skipped (the report that asks must not fail for it)."""
+    rows = []
+    for path in sorted((workspace_root / REVIEWS).glob("*/review.json")):
+        try:
+            entries = Review(path.parent).entries
+        except VesaliusError:
+            continue
+        for key, entry in entries.items():
+            key_group, _, case = key.rpartition("/")
+            if case in case_ids and (group is None or key_group == group):
+                rows.append({"review": path.parent.name, "case": case, **{k: entry.get(k) for k in _SHOWN}})
+    return sorted(rows, key=lambda r: (r["review"], r["case"]))
+
+
+_SHOWN = ("verdict", "note", "corrected")
+
