@@ -116,10 +116,14 @@ function labelColour(value) {
   return state.palette[(value - 1) % state.palette.length];
 }
 
-function labelColormap(top) {
+// The reference's outline: the label's colour mixed this far towards white, so that it stands out where it runs
+// along (or over) the prediction's fill of the same label.
+const OUTLINE_TINT = 0.55;
+
+function labelColormap(top, tint = 0) {
   const cmap = { R: [], G: [], B: [], A: [], I: [], labels: [] };
   for (let v = 0; v <= Math.max(top, 1); v++) {
-    const [r, g, b] = v === 0 ? [0, 0, 0] : labelColour(v);
+    const [r, g, b] = v === 0 ? [0, 0, 0] : labelColour(v).map((c) => Math.round(c + (255 - c) * tint));
     cmap.R.push(r);
     cmap.G.push(g);
     cmap.B.push(b);
@@ -130,8 +134,10 @@ function labelColormap(top) {
   return cmap;
 }
 
-// The voxels of a label map that touch (6-neighbourhood) another value; the others become background.
-function outline(img, dims) {
+// The voxels of a label map that touch another value within their axial slice (4-neighbourhood in the plane across
+// the file axis that runs inferior-superior, `across`); the others become background. In-plane, because a thin
+// structure touches the background through the slices above and below nearly everywhere: a 3D border would fill it.
+function outline(img, dims, across) {
   const [nx, ny, nz] = [dims[1], dims[2], Math.max(dims[3], 1)];
   const out = new img.constructor(img.length);
   const steps = [1, nx, nx * ny];
@@ -145,7 +151,7 @@ function outline(img, dims) {
         const size = [nx, ny, nz];
         let edge = false;
         for (let a = 0; a < 3 && !edge; a++) {
-          if (size[a] === 1) continue; // a 2D image: no neighbours across
+          if (size[a] === 1 || a === across) continue; // a 2D image, or the slices above and below
           edge = at[a] === 0 || at[a] === size[a] - 1 || img[i - steps[a]] !== v || img[i + steps[a]] !== v;
         }
         if (edge) out[i] = v;
@@ -172,7 +178,7 @@ function legend(values) {
   }
   const styles = document.createElement("span");
   styles.className = "legend-styles";
-  styles.textContent = "prediction: fill, reference: outline";
+  styles.textContent = "prediction: fill, reference: light outline";
   box.appendChild(styles);
 }
 
@@ -410,15 +416,17 @@ async function loadCase(index) {
       for (const value of state.nv.volumes[v].img) if (value > 0) found.add(value);
     }
     const values = [...found].sort((a, b) => a - b);
-    const cmap = labelColormap(values.length ? values[values.length - 1] : 1);
+    const top = values.length ? values[values.length - 1] : 1;
+    const cmap = labelColormap(top);
     for (let v = 1; v < state.nv.volumes.length; v++) {
       const volume = state.nv.volumes[v];
       volume.hdr.intent_code = NIFTI_INTENT_LABEL;
       if (state.kinds[v] === "reference") {
         state.reference = volume.img;
-        volume.img = outline(volume.img, volume.hdr.dims);
+        const across = (volume.permRAS || [1, 2, 3]).findIndex((axis) => Math.abs(axis) === 3);
+        volume.img = outline(volume.img, volume.hdr.dims, across);
       }
-      volume.setColormapLabel(cmap);
+      volume.setColormapLabel(state.kinds[v] === "reference" ? labelColormap(top, OUTLINE_TINT) : cmap);
     }
     state.nv.setDrawingEnabled(false);
     state.nv.closeDrawing();
