@@ -33,6 +33,8 @@ SPACING = (0.8, 1.1, 2.5)
 BOX_1 = (slice(6, 18), slice(6, 18), slice(2, 10))
 BOX_2 = (slice(22, 34), slice(18, 30), slice(2, 10))
 LABELS = {1: "anterior", 2: "posterior"}
+DRAW_OPACITY = 0.8
+"""NiiVue's default opacity of the pen's drawing."""
 
 
 GEOMETRY = Geometry(SPACING, (-12.0, 30.0, 7.0), tuple(np.eye(3).ravel()))
@@ -297,8 +299,15 @@ def test_case_list_metrics_verdicts_and_a_drawn_correction(
     page.wait_for_timeout(200)
     x, y = _screen(page, (3, 30, 6))
     box = page.locator("#gl").bounding_box()
+    before = _pixels(page)
     page.mouse.click(box["x"] + x, box["y"] + y)
     page.wait_for_timeout(200)
+    near = (y + 3, x + 3)  # inside the painted voxel, off the lines NiiVue draws through the clicked point
+    stroke = _pixels(page)[near]
+    swatch = [int(n) for n in page.locator(".legend-item[data-value='2'] .swatch").get_attribute("data-rgb").split(",")]
+    assert np.abs(stroke - before[near]).max() > 30, (stroke, before[near])  # painted, in the label's own colour
+    expected = DRAW_OPACITY * np.asarray(swatch) + (1 - DRAW_OPACITY) * before[near]  # NiiVue blends the pen
+    assert np.abs(stroke - expected).max() <= 12, (stroke, expected, swatch)
     page.click("#save-correction")
     page.wait_for_function("window.vesalius.saved !== undefined", timeout=20_000)
     _pixels(page, artifacts / "viewer_review_correction.png")

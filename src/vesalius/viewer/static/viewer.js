@@ -428,6 +428,7 @@ async function loadCase(index) {
       }
       volume.setColormapLabel(state.kinds[v] === "reference" ? labelColormap(top, OUTLINE_TINT) : cmap);
     }
+    state.nv.setDrawColormap(cmap); // the pen paints in the labels' own colours
     state.nv.setDrawingEnabled(false);
     state.nv.closeDrawing();
     state.nv.updateGLVolume();
