@@ -290,6 +290,9 @@ def train(
         if result.best_epoch is not None:
             done += f", best validation AUC {result.best_score:.3f} at epoch {result.best_epoch}"
     out.print(f"{done} -> {result.run_dir}", markup=False, highlight=False)
+    outcome = ModelPackage(result.run_dir).outcome
+    if outcome is not None:
+        out.print(f"stopped: {outcome.reason}", markup=False, highlight=False)
     summary = result.validation
     if summary and "dice" in summary:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in summary["dice"].items())

@@ -18,6 +18,7 @@ def test_cli_train_fold_then_refuses_to_overwrite(planned, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "trained 3 iterations (1 epochs)" in printed and "validation Dice (2 cases)" in printed
+    assert "stopped: " in printed and "1 planned epoch" in printed
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "ph", "--fold", "9", "-w", str(ws), "--force"]) == 2
