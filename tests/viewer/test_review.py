@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ DRAW_OPACITY = 0.8
 
 
 GEOMETRY = Geometry(SPACING, (-12.0, 30.0, 7.0), tuple(np.eye(3).ravel()))
-"""Anisotropic, off-origin, axis-aligned (an oblique grid is not yet covered by the browser tests)."""
+"""Anisotropic, off-origin, axis-aligned (a rotated grid is not yet covered by the browser tests)."""
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +167,14 @@ def test_wrong_corrections_are_refused(client: Any, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ browser
 
 
-@pytest.fixture
-def server(data: Path, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of this machine, in a thread; yields its address."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(_app(data, tmp_path / "reviews"), log_level="warning"))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -182,6 +184,12 @@ def server(data: Path, tmp_path: Path) -> Iterator[str]:
     uv.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture
+def server(data: Path, tmp_path: Path) -> Iterator[str]:
+    with _serving(_app(data, tmp_path / "reviews")) as url:
+        yield url
 
 
 def _pixels(page: Any, save_as: Path | None = None) -> np.ndarray:
@@ -208,14 +216,15 @@ def _open(browser: Any, server: str, index: int = 0) -> Any:
     return page
 
 
-def _screen(page: Any, voxel: tuple[int, int, int]) -> tuple[int, int]:
+def _screen(page: Any, voxel: tuple[int, int, int], geometry: Geometry = GEOMETRY) -> tuple[int, int]:
     """The canvas pixel (CSS, device scale 1) nearest to the centre of file voxel ``voxel`` on the shown slice:
     NiiVue's world position (RAS mm) of every other pixel, turned into file voxel indices with the file's own
-    geometry, so that NiiVue's reorientation is checked, not assumed. The crosshair is first moved to the slice."""
+    geometry, so that NiiVue's reorientation is checked, not assumed. The crosshair is first moved to the voxel."""
+    spacing = np.asarray(geometry.spacing)
+    lps = np.asarray(geometry.origin) + geometry.direction_matrix @ (spacing * np.asarray(voxel, float))
     page.evaluate(
-        "(k) => { const nv = window.vesalius.nv; const f = [...nv.scene.crosshairPos];"
-        " f[2] = (k + 0.5) / nv.volumes[0].dimsRAS[3]; nv.scene.crosshairPos = f; nv.drawScene(); }",
-        voxel[2],
+        "(mm) => { const nv = window.vesalius.nv; nv.scene.crosshairPos = nv.mm2frac(mm); nv.drawScene(); }",
+        [-lps[0], -lps[1], lps[2]],
     )
     page.wait_for_timeout(200)
     found = page.evaluate(
@@ -227,7 +236,7 @@ def _screen(page: Any, voxel: tuple[int, int, int]) -> tuple[int, int]:
     )
     points = np.asarray(found, float)
     lps = np.stack([-points[:, 2], -points[:, 3], points[:, 4]], axis=1)
-    index = np.linalg.solve(GEOMETRY.direction_matrix, (lps - np.asarray(GEOMETRY.origin)).T).T / np.asarray(SPACING)
+    index = np.linalg.solve(geometry.direction_matrix, (lps - np.asarray(geometry.origin)).T).T / spacing
     best = np.argmin(np.abs(index - np.asarray(voxel)).max(axis=1))
     assert np.abs(index[best] - np.asarray(voxel)).max() < 0.5, (voxel, index[best])
     return int(points[best, 0]), int(points[best, 1])
@@ -395,3 +404,36 @@ def test_keyboard_navigation(browser: Any, server: str) -> None:
     page.keyboard.press("w")
     assert page.input_value("#window-preset") != "auto"
     page.close()
+
+
+PERMUTED = Geometry(SPACING, (30.0, -12.0, 7.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+"""Axes stored in another order than LPS (as a sagittal acquisition): file axis 0 runs along y, 1 along z, 2 along x."""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("geometry", [GEOMETRY, PERMUTED], ids=["axis-aligned", "permuted"])
+def test_a_stroke_lands_on_its_voxel(browser: Any, tmp_path: Path, geometry: Geometry) -> None:
+    """A stroke clicked on a voxel is saved on that voxel, whatever the order of the file's axes. (Rotated grids
+    are not covered: this test's screen-to-voxel mapping misses by about 12 voxels on a grid rotated 20 degrees,
+    and whether NiiVue or the mapping is at fault is not settled.)"""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    image = (200 + 4 * x + 3 * y + 10 * z).astype(np.float32)
+    write_image(Image(image[None], geometry), tmp_path / "images" / "sag_0.nii.gz")
+    cases = collect_cases([tmp_path / "images"])
+    with _serving(viewer_app.create_app(cases, review=Review(tmp_path / "reviews"))) as url:
+        page = _open(browser, url, 0)
+        page.check("#draw")
+        voxel = (9, 25, 7)
+        px, py = _screen(page, voxel, geometry)
+        box = page.locator("#gl").bounding_box()
+        page.mouse.click(box["x"] + px, box["y"] + py)
+        page.wait_for_timeout(200)
+        page.click("#save-correction")
+        page.wait_for_function("window.vesalius.saved !== undefined", timeout=20_000)
+        page.close()
+    saved = read_image(tmp_path / "reviews" / "corrections" / "sag_0.nii.gz")
+    assert saved.geometry.is_close(geometry) and saved.spatial_shape == SHAPE
+    assert saved.array[0][voxel] == 1 and int((saved.array > 0).sum()) >= 1
+    painted = np.argwhere(saved.array[0] > 0)
+    assert np.abs(painted - np.asarray(voxel)).max() <= 1  # the brush of size 1 stays on (or next to) the voxel
+
