@@ -437,3 +437,25 @@ def test_a_stroke_lands_on_its_voxel(browser: Any, tmp_path: Path, geometry: Geo
     painted = np.argwhere(saved.array[0] > 0)
     assert np.abs(painted - np.asarray(voxel)).max() <= 1  # the brush of size 1 stays on (or next to) the voxel
 
+
+
+@pytest.mark.browser
+def test_brush_size_and_undo(browser: Any, server: str) -> None:
+    page = _open(browser, server, 0)
+    page.check("#draw")
+    painted = "Array.from(window.vesalius.nv.drawBitmap).filter((v) => v > 0).length"
+    box = page.locator("#gl").bounding_box()
+    x, y = _screen(page, (20, 10, 6))
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.wait_for_timeout(150)
+    single = page.evaluate(painted)
+    page.fill("#pen-size", "3")
+    page.dispatch_event("#pen-size", "change")
+    x, y = _screen(page, (30, 6, 6))
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.wait_for_timeout(150)
+    assert single >= 1 and page.evaluate(painted) - single > single  # a wider brush paints more voxels
+    page.click("#undo")
+    page.wait_for_timeout(150)
+    assert page.evaluate(painted) == single  # the last stroke undone, the first kept
+    page.close()
