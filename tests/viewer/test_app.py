@@ -12,8 +12,6 @@ import gzip
 import io
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.viewer.serving import serving
 from vesalius.data.synthetic import make_segmentation_case, write_segmentation_dataset
 from vesalius.io import Geometry, Image, read_image, write_image
 from vesalius.viewer import app as viewer_app
@@ -146,21 +145,8 @@ def test_view_command_refuses_a_taken_port() -> None:
 @pytest.fixture
 def server(viewer_workspace: Path) -> Iterator[str]:
     """The viewer of ``viewer_workspace`` served on a free port in a thread; yields its address."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = viewer_app.create_app(collect_cases([viewer_workspace]))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    uv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(viewer_app.create_app(collect_cases([viewer_workspace]))) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ import json
 import logging
 import shutil
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.viewer.serving import serving
 from vesalius.data.synthetic import make_segmentation_case, write_segmentation_dataset
 from vesalius.errors import VesaliusError
 from vesalius.io import write_image
@@ -99,20 +98,11 @@ def test_serve_puts_the_host_check_in_front(monkeypatch: pytest.MonkeyPatch, wor
 def test_a_real_server_refuses_a_rebound_name(workspace: Path) -> None:
     """Over a socket, as a browser would send it after DNS rebinding: ``Host: evil.example`` gets 400."""
     import http.client
+    from urllib.parse import urlparse
 
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     app = viewer_app.protect(viewer_app.create_app(collect_cases([workspace])), "127.0.0.1")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        port = sock.getsockname()[1]
+    with serving(app) as url:
+        port = urlparse(url).port
 
         def status(host: str) -> int:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -126,10 +116,6 @@ def test_a_real_server_refuses_a_rebound_name(workspace: Path) -> None:
         assert status(f"127.0.0.1:{port}") == 200
         assert status(f"localhost:{port}") == 200
         assert status(f"evil.example:{port}") == 400
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -286,24 +272,12 @@ def test_view_command_answers_in_one_line(
 @pytest.fixture
 def broken_server(workspace: Path) -> Iterator[str]:
     """The viewer of ``workspace`` with case 0's image corrupt and case 2's truncated, served (host check on)."""
-    import uvicorn
 
     _image_of(workspace, 0).write_bytes(GARBAGE)
     truncated = _image_of(workspace, 2)  # found only when the page asks for it
     truncated.write_bytes(truncated.read_bytes()[:-200])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = viewer_app.protect(viewer_app.create_app(collect_cases([workspace])), "127.0.0.1")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(viewer_app.protect(viewer_app.create_app(collect_cases([workspace])), "127.0.0.1")) as url:
+        yield url
 
 
 @pytest.mark.browser

@@ -12,17 +12,14 @@ import csv
 import gzip
 import io
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.viewer.serving import serving
 from vesalius.evaluation.review import Review
 from vesalius.evaluation.segmentation import evaluate_folder
 from vesalius.io import Geometry, Image, read_image, write_image
@@ -167,28 +164,9 @@ def test_wrong_corrections_are_refused(client: Any, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ browser
 
 
-@contextmanager
-def _serving(app: Any) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port of this machine, in a thread; yields its address."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    uv.should_exit = True
-    thread.join(10)
-    sock.close()
-
-
 @pytest.fixture
 def server(data: Path, tmp_path: Path) -> Iterator[str]:
-    with _serving(_app(data, tmp_path / "reviews")) as url:
+    with serving(_app(data, tmp_path / "reviews")) as url:
         yield url
 
 
@@ -420,7 +398,7 @@ def test_a_stroke_lands_on_its_voxel(browser: Any, tmp_path: Path, geometry: Geo
     image = (200 + 4 * x + 3 * y + 10 * z).astype(np.float32)
     write_image(Image(image[None], geometry), tmp_path / "images" / "sag_0.nii.gz")
     cases = collect_cases([tmp_path / "images"])
-    with _serving(viewer_app.create_app(cases, review=Review(tmp_path / "reviews"))) as url:
+    with serving(viewer_app.create_app(cases, review=Review(tmp_path / "reviews"))) as url:
         page = _open(browser, url, 0)
         page.check("#draw")
         voxel = (9, 25, 7)
