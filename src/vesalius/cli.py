@@ -780,6 +780,50 @@ def demo(
     )
 
 
+@app.command()
+def deidentify(
+    src: Annotated[Path, typer.Argument(help="DICOM file or folder (walked recursively).")],
+    dest: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (mirrors SRC's relative paths).")],
+    key: Annotated[
+        str | None, typer.Option("--key", help="Key of the UID hash and date shift (or $VESALIUS_DEID_KEY).")
+    ] = None,
+    retain_dates: Annotated[bool, typer.Option(help="Keep dates, shifted per patient by whole days.")] = False,
+    retain_patient_characteristics: Annotated[bool, typer.Option(help="Keep sex, age, size, weight...")] = False,
+    clean_descriptors: Annotated[bool, typer.Option(help="Keep descriptions, with free text replaced.")] = False,
+    retain_safe_private: Annotated[bool, typer.Option(help="Keep private tags listed as safe (none are).")] = False,
+    allow_burned_in: Annotated[bool, typer.Option(help="De-identify images that may show burned-in text.")] = False,
+    linkage: Annotated[Path | None, typer.Option(help="Write original-to-new identifiers here (keep it safe).")] = None,
+) -> None:
+    """De-identify DICOM files: PS3.15 Annex E Basic Application Level Confidentiality Profile."""
+    from vesalius.io.deidentify import AUDIT_NAME, DeidentifyOptions
+    from vesalius.io.deidentify import deidentify as run_deidentify
+
+    key = key or os.environ.get("VESALIUS_DEID_KEY")
+    if not key:  # no default: a fixed key would let anyone redo the UID mapping and date shifts
+        raise VesaliusError("no de-identification key", remedy="give --key KEY or set VESALIUS_DEID_KEY")
+    options = DeidentifyOptions(
+        key=key,
+        retain_dates_shifted=retain_dates,
+        retain_patient_characteristics=retain_patient_characteristics,
+        clean_descriptors=clean_descriptors,
+        retain_safe_private=retain_safe_private,
+        allow_burned_in=allow_burned_in,
+    )
+    report = run_deidentify(src, dest, options, linkage)
+    for record in report.skipped:
+        out.print(f"skipped {record.source}: {record.reason}", markup=False, highlight=False)
+    for record in report.burned_in:
+        out.print(f"may show burned-in text: {record.output}", markup=False, highlight=False)
+    for record in report.refused:
+        out.print(f"refused {record.source}: {record.reason}", markup=False, highlight=False)
+    out.print(f"{len(report.written)} files de-identified into {dest} (audit: {dest / AUDIT_NAME})", markup=False)
+    if report.refused:
+        raise VesaliusError(
+            f"{len(report.refused)} images may show burned-in text and were not written",
+            remedy="check them and give --allow-burned-in to include them",
+        )
+
+
 #: Modules of the whole toolkit that ``pip install vesalius[runtime]`` does not bring.
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models", help="The model registry of the service: versions and aliases.")
