@@ -18,6 +18,7 @@ import pytest
 from vesalius.data.synthetic import case_seed, make_classification_case, make_segmentation_case
 from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image, read_image
+from vesalius.metrics.segmentation import volume_features
 from vesalius.runtime import Predictor
 from vesalius.runtime.package import Package
 from vesalius.serving.drift import (
@@ -30,7 +31,6 @@ from vesalius.serving.drift import (
     is_output_feature,
     output_features,
     score_history,
-    volume_features,
 )
 from vesalius.serving.monitor_page import ModelDriftView, render_monitor_page
 

@@ -9,7 +9,6 @@ draws with WebGL2, software-rendered here), not merely that the page loaded. Scr
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import socket
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.viewer.serving import serving
+from tests.viewer.browser import canvas_pixels, serving
 from vesalius.data.synthetic import make_segmentation_case, write_segmentation_dataset
 from vesalius.io import Geometry, Image, read_image, write_image
 from vesalius.viewer import app as viewer_app
@@ -156,16 +155,6 @@ def viewer_browser(browser: Any) -> Any:
     return browser
 
 
-def _pixels(page: Any, save_as: Path | None = None) -> np.ndarray:
-    """The canvas as an ``(H, W, 3)`` int array (a compositor screenshot), also saved to ``save_as``."""
-    from PIL import Image as PILImage
-
-    png = page.locator("#gl").screenshot()
-    if save_as is not None:
-        save_as.write_bytes(png)
-    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB")).astype(int)
-
-
 def _red(pixels: np.ndarray) -> int:
     """Pixels tinted by label 1's colour (230, 57, 70): red well above green and blue."""
     r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
@@ -187,7 +176,7 @@ def test_viewer_draws_toggles_and_switches_cases(viewer_browser: Any, server: st
     page.goto(server + "#case=3")
     _wait_for_case(page, 3)
     assert page.locator("#case-title").text_content() == "ph / phantom_001"
-    shown = _pixels(page, artifacts / "viewer_3d_case.png")
+    shown = canvas_pixels(page, artifacts / "viewer_3d_case.png")
     brightness = shown.mean(axis=-1)
     assert (brightness > 30).mean() > 0.05 and brightness.std() > 10, "the canvas is blank"
     red_all = _red(shown)
@@ -195,21 +184,21 @@ def test_viewer_draws_toggles_and_switches_cases(viewer_browser: Any, server: st
 
     page.uncheck("#show-prediction")
     page.wait_for_timeout(300)
-    without_prediction = _pixels(page)
+    without_prediction = canvas_pixels(page)
     assert np.abs(without_prediction - shown).mean() > 0.5
     assert _red(without_prediction) < red_all
     page.uncheck("#show-reference")
     page.wait_for_timeout(300)
-    bare = _pixels(page, artifacts / "viewer_3d_no_overlays.png")
+    bare = canvas_pixels(page, artifacts / "viewer_3d_no_overlays.png")
     assert _red(bare) < 0.05 * red_all, "overlays still drawn after switching them off"
     page.check("#show-prediction")
     page.wait_for_timeout(300)
-    assert _red(_pixels(page)) > _red(bare) + 0.3 * red_all
+    assert _red(canvas_pixels(page)) > _red(bare) + 0.3 * red_all
 
     page.select_option("#window-preset", "bone")  # level 400, width 1800
     page.wait_for_timeout(300)
     assert (page.input_value("#cal-min"), page.input_value("#cal-max")) == ("-500", "1300")
-    assert np.abs(_pixels(page) - bare).mean() > 1
+    assert np.abs(canvas_pixels(page) - bare).mean() > 1
 
     box = page.locator("#gl").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.3)
@@ -219,7 +208,7 @@ def test_viewer_draws_toggles_and_switches_cases(viewer_browser: Any, server: st
     page.locator("#cases tbody tr", has_text="flat").first.click()  # the first 2D case
     _wait_for_case(page, 0)
     assert page.locator("#case-title").text_content() == "flat / phantom_000"
-    flat = _pixels(page, artifacts / "viewer_2d_case.png")
+    flat = canvas_pixels(page, artifacts / "viewer_2d_case.png")
     assert (flat.mean(axis=-1) > 30).mean() > 0.05
     assert flat.shape != shown.shape or np.abs(flat - shown).mean() > 5
     assert page.locator("#layout").is_disabled()  # 2D: one plane, no 3D render

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.serving import serving
+from tests.viewer.browser import serving
 from vesalius.data.synthetic import make_segmentation_case, write_segmentation_dataset
 from vesalius.errors import VesaliusError
 from vesalius.io import write_image

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.viewer.serving import serving
+from tests.viewer.browser import canvas_pixels, serving
 from vesalius.evaluation.review import Review
 from vesalius.evaluation.segmentation import evaluate_folder
 from vesalius.io import Geometry, Image, read_image, write_image
@@ -170,15 +169,6 @@ def server(data: Path, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def _pixels(page: Any, save_as: Path | None = None) -> np.ndarray:
-    from PIL import Image as PILImage
-
-    png = page.locator("#gl").screenshot()
-    if save_as is not None:
-        save_as.write_bytes(png)
-    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB")).astype(int)
-
-
 def _open(browser: Any, server: str, index: int = 0) -> Any:
     if not viewer_app.NIIVUE_BUNDLE.is_file():
         pytest.skip(f"NiiVue is not installed: {viewer_app.install_hint()}")
@@ -229,11 +219,11 @@ def test_labels_are_drawn_in_their_colours_and_nothing_else_is_tinted(
     page.dispatch_event("#opacity-prediction", "input")
     far = _screen(page, (37, 2, 6))  # no label nearby
     inside = {1: _screen(page, (10, 12, 6)), 2: _screen(page, (28, 24, 6))}
-    shown = _pixels(page, artifacts / "viewer_review_axial_all_layers.png")
+    shown = canvas_pixels(page, artifacts / "viewer_review_axial_all_layers.png")
     page.uncheck("#show-prediction")
     page.uncheck("#show-reference")
     page.wait_for_timeout(300)
-    bare = _pixels(page)
+    bare = canvas_pixels(page)
     assert np.abs(shown[far[1], far[0]] - bare[far[1], far[0]]).max() <= 2, "a voxel far from labels is tinted"
     swatches = {
         int(v): [
@@ -249,7 +239,7 @@ def test_labels_are_drawn_in_their_colours_and_nothing_else_is_tinted(
     # the reference alone: an outline (the box's centre shows the image, its edge the label's colour)
     page.check("#show-reference")
     page.wait_for_timeout(300)
-    reference = _pixels(page)
+    reference = canvas_pixels(page)
     x, y = _screen(page, (12, 12, 6))
     assert np.abs(reference[y, x] - bare[y, x]).max() <= 2, "the reference is drawn filled, not as an outline"
     edge = _screen(page, (7, 12, 6))  # first voxel of the shifted box along X
@@ -286,18 +276,18 @@ def test_case_list_metrics_verdicts_and_a_drawn_correction(
     page.wait_for_timeout(200)
     x, y = _screen(page, (3, 30, 6))
     box = page.locator("#gl").bounding_box()
-    before = _pixels(page)
+    before = canvas_pixels(page)
     page.mouse.click(box["x"] + x, box["y"] + y)
     page.wait_for_timeout(200)
     near = (y + 3, x + 3)  # inside the painted voxel, off the lines NiiVue draws through the clicked point
-    stroke = _pixels(page)[near]
+    stroke = canvas_pixels(page)[near]
     swatch = [int(n) for n in page.locator(".legend-item[data-value='2'] .swatch").get_attribute("data-rgb").split(",")]
     assert np.abs(stroke - before[near]).max() > 30, (stroke, before[near])  # painted, in the label's own colour
     expected = DRAW_OPACITY * np.asarray(swatch) + (1 - DRAW_OPACITY) * before[near]  # NiiVue blends the pen
     assert np.abs(stroke - expected).max() <= 12, (stroke, expected, swatch)
     page.click("#save-correction")
     page.wait_for_function("window.vesalius.saved !== undefined", timeout=20_000)
-    _pixels(page, artifacts / "viewer_review_correction.png")
+    canvas_pixels(page, artifacts / "viewer_review_correction.png")
     saved = read_image(tmp_path / "reviews" / "corrections" / "hip_0.nii.gz")
     image = read_image(data / "images" / "hip_0.nii.gz")
     assert saved.geometry.is_close(image.geometry) and saved.spatial_shape == image.spatial_shape
@@ -305,17 +295,17 @@ def test_case_list_metrics_verdicts_and_a_drawn_correction(
     assert set(np.unique(saved.array).tolist()) == {0, 2}
     page.select_option("#layout", "multi")
     page.wait_for_timeout(300)
-    _pixels(page, artifacts / "viewer_review_3d.png")
+    canvas_pixels(page, artifacts / "viewer_review_3d.png")
     page.close()
 
 
 @pytest.mark.browser
 def test_the_crosshair_is_thin_and_can_be_hidden(browser: Any, server: str, artifacts: Path) -> None:
     page = _open(browser, server, 0)  # axial, crosshair hidden
-    hidden = _pixels(page)
+    hidden = canvas_pixels(page)
     page.check("#crosshair")
     page.wait_for_timeout(300)
-    changed = np.abs(_pixels(page, artifacts / "viewer_crosshair.png") - hidden).max(axis=2) > 30
+    changed = np.abs(canvas_pixels(page, artifacts / "viewer_crosshair.png") - hidden).max(axis=2) > 30
     assert changed.any(), "no crosshair drawn"
     per_row, per_column = changed.sum(axis=1), changed.sum(axis=0)
     line_rows = np.flatnonzero(per_row > 0.5 * per_row.max())  # the horizontal line

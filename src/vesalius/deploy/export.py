@@ -39,6 +39,7 @@ from vesalius.inference.sliding_window import GAUSSIAN_SIGMA_SCALE, _gaussian
 from vesalius.io import image_suffix, read_image
 from vesalius.io.atomic import json_bytes
 from vesalius.io.schema import from_json, to_json
+from vesalius.metrics.segmentation import volume_features
 from vesalius.model_package import (
     ModelPackage,
     TrainedClassification,
@@ -222,14 +223,10 @@ def reference_outputs(packages: Sequence[ModelPackage]) -> dict[str, Any] | None
         if isinstance(trained, TrainedSegmentation):
             folder = package.validation_dir
             files = sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p)) if folder.is_dir() else []
+            names = dict(zip(trained.foreground_labels, trained.class_names, strict=True))
             for path in files:
-                label_map = read_image(path)
-                spacing = label_map.geometry.spacing
-                kind, unit = ("volume_ml", 1000.0) if len(spacing) == 3 else ("area_cm2", 100.0)
-                voxel = float(np.prod(spacing)) / unit
-                for value, label in zip(trained.foreground_labels, trained.class_names, strict=True):
-                    volume = float(np.count_nonzero(label_map.array == value)) * voxel
-                    features.setdefault(f"{kind}:{label}", []).append(float(f"{volume:.6g}"))
+                for feature, volume in volume_features(read_image(path), names).items():
+                    features.setdefault(feature, []).append(float(f"{volume:.6g}"))
             cases += len(files)
         elif package.validation_predictions_csv.is_file():
             _, names, probabilities = read_predictions_csv(package.validation_predictions_csv)

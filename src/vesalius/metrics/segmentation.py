@@ -44,15 +44,16 @@ agreement with MONAI.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypedDict
 
 import numpy as np
 from scipy import ndimage
 
-from vesalius.io.image import nonzero_box
+from vesalius.io.image import Image, nonzero_box
 
-__all__ = ["METRICS", "SegmentationScores", "dice_per_class", "segmentation_metrics", "volume_unit"]
+__all__ = ["METRICS", "SegmentationScores", "dice_per_class", "segmentation_metrics", "volume_features", "volume_unit"]
 
 
 class SegmentationScores(TypedDict):
@@ -85,6 +86,18 @@ def dice_per_class(prediction: np.ndarray, reference: np.ndarray, labels: Iterab
         size = int(p.sum()) + int(r.sum())
         scores[int(label)] = 1.0 if size == 0 else 2.0 * int(np.logical_and(p, r).sum()) / size
     return scores
+
+
+def volume_features(label_map: Image, labels: Mapping[int, str]) -> dict[str, float]:
+    """``volume_ml:NAME`` (3D: voxels x voxel volume in mm³ / 1000) or ``area_cm2:NAME`` (2D: pixels x pixel area in
+    mm² / 100) of every foreground label (``labels``: value -> name, 0 the background) of ``label_map``
+    ``(1, *spatial)``: how big each predicted class is, as an exported package's reference outputs and the service's
+    output drift both measure it."""
+    spacing = label_map.geometry.spacing
+    kind, unit = ("volume_ml", 1000.0) if len(spacing) == 3 else ("area_cm2", 100.0)
+    voxel = math.prod(spacing) / unit
+    array = label_map.array
+    return {f"{kind}:{name}": float(np.count_nonzero(array == k)) * voxel for k, name in labels.items() if k != 0}
 
 
 def volume_unit(ndim: int) -> str:

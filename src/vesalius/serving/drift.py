@@ -80,6 +80,7 @@ import numpy as np
 from vesalius.errors import VesaliusError
 from vesalius.io import Image
 from vesalius.io.schema import SchemaError, from_json, to_json
+from vesalius.metrics.segmentation import volume_features
 from vesalius.runtime.package import Package
 
 __all__ = [
@@ -97,7 +98,6 @@ __all__ = [
     "output_features",
     "probability_features",
     "score_history",
-    "volume_features",
 ]
 
 #: Version of the layout of :meth:`DriftReference.to_json` and of ``reference_outputs.json`` read here.
@@ -361,17 +361,6 @@ def input_features(
         features[f"intensity_p50:{channel}"] = float(median)
         features[f"intensity_p99_5:{channel}"] = float(high)
     return features
-
-
-def volume_features(label_map: Image, labels: Mapping[int, str]) -> dict[str, float]:
-    """``volume_ml:NAME`` (3D: voxels x voxel volume in mm³ / 1000) or ``area_cm2:NAME`` (2D: pixels x pixel area in
-    mm² / 100) of every foreground label (``labels``: value -> name, 0 the background) of ``label_map``
-    ``(1, *spatial)``."""
-    spacing = label_map.geometry.spacing
-    kind, unit = ("volume_ml", 1000.0) if len(spacing) == 3 else ("area_cm2", 100.0)
-    voxel = math.prod(spacing) / unit
-    array = label_map.array
-    return {f"{kind}:{name}": float(np.count_nonzero(array == k)) * voxel for k, name in labels.items() if k != 0}
 
 
 def probability_features(probabilities: Sequence[float] | np.ndarray, class_names: Sequence[str]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""A viewer app served for a test: uvicorn on a free port of this machine, in a thread."""
+"""For the viewer's browser tests: the app served on a free port of this machine, and the canvas read back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextmanager
@@ -29,3 +32,15 @@ def serving(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def canvas_pixels(page: Any, save_as: Path | None = None) -> np.ndarray:
+    """The page's NiiVue canvas as an ``(H, W, 3)`` int array (a compositor screenshot), also saved to ``save_as``."""
+    import io
+
+    from PIL import Image as PILImage
+
+    png = page.locator("#gl").screenshot()
+    if save_as is not None:
+        save_as.write_bytes(png)
+    return np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB")).astype(int)
