@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 VIEWER := src/vesalius/viewer
 NIIVUE := $(VIEWER)/node_modules/.package-lock.json
 BROWSER := $(VENV)/.browser-checked
+ORTHANC := $(VENV)/.orthanc-checked
 AS_ROOT_WITH_APT := [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
 
 .PHONY: setup demo test lint docs clean
 
-setup: $(STAMP) $(NIIVUE) $(BROWSER)
+setup: $(STAMP) $(NIIVUE) $(BROWSER) $(ORTHANC)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,14 @@ $(BROWSER): | $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { $(AS_ROOT_WITH_APT) && apt-get update -qq >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "Chromium could not be installed: the browser tests will skip"
+	@touch $@
+
+# Orthanc with its DICOMweb plugin, the real PACS the PACS tests start on 127.0.0.1 (apt-get when missing and root).
+$(ORTHANC): | $(STAMP)
+	@{ command -v Orthanc >/dev/null 2>&1 && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } || \
+		{ $(AS_ROOT_WITH_APT) && apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; } || \
+		echo "Orthanc could not be installed: the PACS tests will skip"
 	@touch $@
 
 demo: setup

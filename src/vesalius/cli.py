@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from vesalius.errors import VesaliusError
+from vesalius.pacs.commands import PasswordOption, TimeoutOption, TokenOption, UserOption, pacs_app
 from vesalius.serving.commands_models import models_app
 from vesalius.serving.commands_serve import monitor_app, serve_app
 from vesalius.units import parse_duration
@@ -85,10 +86,52 @@ def import_cmd(
     force: Annotated[bool, typer.Option(help="Import despite errors, leaving out broken cases.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a data set of the same name.")] = False,
     workspace: WorkspaceOption = None,
+    deid: Annotated[
+        bool,
+        typer.Option(
+            "--deidentify",
+            help="De-identify on the way in: DICOM as 'vesalius deidentify' does, case ids as keyed pseudonyms, "
+            "no source paths kept.",
+        ),
+    ] = False,
+    key: Annotated[
+        str | None, typer.Option("--key", help="--deidentify: key of the pseudonyms, UIDs and date shift.")
+    ] = None,
+    retain_dates: Annotated[bool, typer.Option(help="--deidentify: keep dates, shifted per patient.")] = False,
+    retain_patient_characteristics: Annotated[
+        bool, typer.Option(help="--deidentify: keep sex, age, size, weight...")
+    ] = False,
+    clean_descriptors: Annotated[
+        bool, typer.Option(help="--deidentify: keep descriptions, free text replaced.")
+    ] = False,
+    retain_safe_private: Annotated[bool, typer.Option(help="--deidentify: keep safe private tags (none are).")] = False,
+    allow_burned_in: Annotated[
+        bool, typer.Option(help="--deidentify: import images that may show burned-in text.")
+    ] = False,
+    linkage: Annotated[
+        Path | None, typer.Option(help="--deidentify: write original ids and identifiers here, outside the workspace.")
+    ] = None,
 ) -> None:
     """Import a data set into the workspace (sources are never modified), then verify it."""
     from vesalius.data.importers import ImportRefused, import_dataset
+    from vesalius.io.deidentify import DeidentifyOptions
 
+    options = None
+    flags = (key, retain_dates, retain_patient_characteristics, clean_descriptors, retain_safe_private, allow_burned_in)
+    if not deid and (any(flags) or linkage):
+        raise VesaliusError("--key, --linkage and the de-identification options need --deidentify", remedy="add it")
+    if deid:
+        key = key or os.environ.get("VESALIUS_DEID_KEY")
+        if not key:  # as for 'vesalius deidentify': no default key
+            raise VesaliusError("no de-identification key", remedy="give --key KEY or set VESALIUS_DEID_KEY")
+        options = DeidentifyOptions(
+            key=key,
+            retain_dates_shifted=retain_dates,
+            retain_patient_characteristics=retain_patient_characteristics,
+            clean_descriptors=clean_descriptors,
+            retain_safe_private=retain_safe_private,
+            allow_burned_in=allow_burned_in,
+        )
     threshold: int | str | None = {"auto": "auto", "none": None}.get(label_threshold.lower(), label_threshold)
     if isinstance(threshold, str) and threshold != "auto":
         if not threshold.isdigit():
@@ -108,6 +151,8 @@ def import_cmd(
                 force=force,
                 overwrite=overwrite,
                 on_case=advance,
+                deidentify=options,
+                linkage=linkage,
             )
     except ImportRefused as e:
         _print_report(e.report)
@@ -309,12 +354,16 @@ def train(
 
 @app.command()
 def predict(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Image file, DICOM series folder, or folder of images.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (or file, for one input case).")],
     model: Annotated[
         Path,
         typer.Option("--model", "-m", help="Fold folder, configuration folder (all folds), or exported NAME.vpkg."),
     ],
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Image file, DICOM series folder, or folder of images.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output folder (or file, for one input case).")
+    ] = None,
     fast: Annotated[
         bool, typer.Option("--fast", help="Segmentation: no mirroring test-time augmentation, larger window step.")
     ] = False,
@@ -336,9 +385,26 @@ def predict(
         str,
         typer.Option(help="auto (packages: onnxruntime, without torch; run folders: torch), torch or onnxruntime."),
     ] = "auto",
+    from_pacs: Annotated[
+        str | None,
+        typer.Option("--from-pacs", envvar="VESALIUS_PACS_URL", help="DICOMweb root of a PACS to predict from."),
+    ] = None,
+    study: Annotated[str | None, typer.Option("--study", help="--from-pacs: the StudyInstanceUID.")] = None,
+    series: Annotated[
+        str | None, typer.Option("--series", help="--from-pacs: the SeriesInstanceUID (default: the only image one).")
+    ] = None,
+    push: Annotated[
+        bool, typer.Option("--push", help="--from-pacs: store the DICOM-SEG and the SR report into the study.")
+    ] = False,
+    user: UserOption = None,
+    password: PasswordOption = None,
+    token: TokenOption = None,
+    timeout: TimeoutOption = 60.0,
 ) -> None:
     """Segment images with a trained model (each output on its input's grid), or classify them with a trained
-    classifier (a CSV of class probabilities). Exported packages run on ONNX Runtime without torch."""
+    classifier (a CSV of class probabilities). Exported packages run on ONNX Runtime without torch. With
+    --from-pacs, a series is retrieved from a PACS (DICOMweb), segmented, measured, and with --push the DICOM-SEG
+    and a DICOM SR measurement report are stored back into its study."""
     import vesalius
 
     def report(case) -> None:  # type: ignore[no-untyped-def]
@@ -366,11 +432,53 @@ def predict(
         "precision": None,
     }
     given = {key: value for key, value in chosen.items() if value != defaults[key]}
+    if from_pacs is not None:
+        if input is not None or not study:
+            raise VesaliusError(
+                "--from-pacs takes the series from the PACS", remedy="give --study UID (and no --input)"
+            )
+        from vesalius.pacs.commands import connect
+
+        pacs = connect(from_pacs, user, password, token, timeout)
+        _predict_from_pacs(
+            pacs,
+            study,
+            series,
+            push,
+            output,
+            lambda source, target: vesalius.predict(source, target, model, backend=backend, **given),
+        )
+        return
+    if input is None or output is None:
+        raise VesaliusError("no images to predict", remedy="give --input and --output (or --from-pacs URL --study)")
+    if study or series or push:
+        raise VesaliusError("--study, --series and --push go with --from-pacs", remedy="give --from-pacs URL")
     written = vesalius.predict(input, output, model, backend=backend, on_case=report, **given)
     if isinstance(written, Path):
         out.print(f"class probabilities written to {written}", markup=False, highlight=False)
     else:
         out.print(f"{len(written)} segmentation(s) written to {written[0].parent}", markup=False, highlight=False)
+
+
+def _predict_from_pacs(  # type: ignore[no-untyped-def]
+    pacs, study: str, series: str | None, push: bool, output: Path | None, predict
+) -> None:
+    """``vesalius predict --from-pacs``: :func:`vesalius.pacs.workflow.predict_from_pacs`, and what it did."""
+    from vesalius.pacs.workflow import predict_from_pacs
+
+    say = lambda step: err.print(step, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    result = predict_from_pacs(pacs, study, predict, series_uid=series, push=push, output=output, on_step=say)
+    for name, figures in result.measurements.items():
+        size = next(iter(figures.values()))
+        out.print(f"{name}: {size:.4g} in {int(figures['components'])} component(s)", markup=False)
+    if result.pushed:
+        out.print(
+            f"stored into study {study}: DICOM-SEG {result.seg_uid}, SR {result.sr_uid} on {pacs.url}",
+            markup=False,
+            highlight=False,
+        )
+    if result.files:
+        out.print(f"written to {output}", markup=False, highlight=False)
 
 
 @app.command()
@@ -426,21 +534,53 @@ def measure(
         Path | None, typer.Option("--output", "-o", help="Write the table: .csv (one row per component) or .json.")
     ] = None,
     connectivity: Annotated[str, typer.Option(help="full (26/8 neighbours) or face (6/4).")] = "full",
+    source: Annotated[
+        Path | None, typer.Option(help="With a DICOM-SEG: the folder of the series it was made from.")
+    ] = None,
+    sr: Annotated[
+        Path | None,
+        typer.Option("--sr", help="Also write a DICOM SR (TID 1500) of the measurements; needs a DICOM-SEG."),
+    ] = None,
 ) -> None:
-    """Volumes (mL; 2D: mm^2), connected components, centroids (world mm) and intensities per label."""
+    """Volumes (mL; 2D: mm^2), connected components, centroids (world mm) and intensities per label.
+
+    A DICOM-SEG is measured on the grid of its series (--source); --sr then writes the measurements as a DICOM
+    Structured Report that references the SEG and the series.
+    """
     from rich.table import Table
 
     from vesalius.evaluation.measure import measure_segmentation
     from vesalius.io import read_image
+    from vesalius.io.dicom_seg import is_dicom_seg, read_dicom_seg
     from vesalius.outputs import check_output
 
     if output:
-        check_output(output, [seg, image], kind="file", suffixes=(".csv", ".json"))
-    label_map, picture = read_image(seg), read_image(image) if image else None
+        check_output(output, [seg, image, source], kind="file", suffixes=(".csv", ".json"))
+    if sr:
+        check_output(sr, [seg, image, source, output], kind="file", suffixes=(".dcm",), option="--sr")
+    dicom_seg, names = None, None
+    if is_dicom_seg(seg):
+        if source is None:
+            raise VesaliusError(
+                "a DICOM-SEG is measured on the grid of the series it was made from",
+                seg,
+                "give that series' folder with --source SERIES_DIR",
+            )
+        dicom_seg = read_dicom_seg(seg, source)
+        label_map, names = dicom_seg.labels, dicom_seg.names
+    else:
+        if (sr or source) and seg.exists():
+            raise VesaliusError(
+                f"{'--sr' if sr else '--source'} needs the segmentation as a DICOM-SEG file",
+                seg,
+                "give the CASE_seg.dcm that vesalius predict writes for a DICOM series, with --source SERIES_DIR",
+            )
+        label_map = read_image(seg)
+    picture = read_image(image) if image else None
     if picture is not None and image is not None:
         _check_same_grid(picture, label_map, image, "the image the segmentation was made on")
     try:
-        result = measure_segmentation(label_map, picture, connectivity=connectivity)
+        result = measure_segmentation(label_map, picture, labels=names, connectivity=connectivity)
     except VesaliusError as e:
         raise VesaliusError(e.problem, e.file or seg, e.remedy) from None  # name the segmentation file
     table = Table("label", "name", "component", result.size_column, "centroid (mm)", "mean intensity")
@@ -464,6 +604,17 @@ def measure(
     if output:
         written = result.write_json(output) if output.suffix.lower() == ".json" else result.write_csv(output)
         out.print(f"written to {written}", markup=False, highlight=False)
+    if sr and dicom_seg is not None:
+        import pydicom
+
+        from vesalius.evaluation.structured_report import write_structured_report
+
+        sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_seg.series.files]
+        try:
+            report = write_structured_report(dicom_seg.dataset, sources, result, sr)
+        except VesaliusError as e:
+            raise VesaliusError(e.problem, e.file or seg, e.remedy) from None
+        out.print(f"structured report written to {report}", markup=False, highlight=False)
 
 
 @app.command()
@@ -828,6 +979,7 @@ def deidentify(
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models", help="The model registry of the service: versions and aliases.")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(pacs_app, name="pacs")
 
 FULL_TOOLKIT_MODULES = ("torch", "monai", "matplotlib", "jinja2", "highdicom", "tensorboard", "onnx", "onnxscript")
 

@@ -26,6 +26,7 @@ STEPS: list[tuple[str, ...]] = [
     ("training",),
     ("inference",),
     ("evaluation",),
+    ("pacs",),
     ("runtime",),
     ("deploy",),
     ("serving",),

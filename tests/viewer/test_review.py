@@ -406,7 +406,6 @@ def test_a_stroke_lands_on_its_voxel(browser: Any, tmp_path: Path, geometry: Geo
     assert np.abs(painted - np.asarray(voxel)).max() <= 1  # the brush of size 1 stays on (or next to) the voxel
 
 
-
 @pytest.mark.browser
 def test_brush_size_and_undo(browser: Any, server: str) -> None:
     page = _open(browser, server, 0)

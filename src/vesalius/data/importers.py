@@ -20,6 +20,14 @@ Classification targets are ``binary``, ``multiclass``, ``multilabel`` or ``ordin
 The copy in the workspace uses the nnU-Net v2 layout (``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``):
 NIfTI keeps the geometry of every source format. Sources are only read, never changed. The copy is built in a
 temporary folder, verified, and renamed into place, so a failed import leaves nothing behind.
+
+With ``deidentify`` (``vesalius import --deidentify``) nothing that names a patient reaches the workspace: DICOM
+files and series folders are first de-identified with :func:`vesalius.io.deidentify.deidentify` (same profile and
+options as ``vesalius deidentify``) into a scratch folder next to the staging folder, and converted from there;
+every case id becomes a keyed pseudonym (:func:`pseudonym_case_id`), since ids come from file and folder names,
+which often hold a patient's name or record number; other files (NIfTI, NRRD, pictures) are converted from their
+voxels and geometry only (no byte copy, so no header text survives); source paths are not stored; the audit log
+goes into the data set's folder and a linkage file only where asked, outside the workspace.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -44,7 +54,11 @@ import numpy as np
 from vesalius.data.dataset import TARGET_TYPES, Case, Dataset, Task, check_case_id
 from vesalius.data.verify import Problem, VerificationReport, verify_dataset
 from vesalius.errors import VesaliusError
-from vesalius.io import Geometry, Image, image_suffix, read_image, strip_suffix, write_image
+from vesalius.io import Geometry, Image, has_header_text, image_suffix, read_image, strip_suffix, write_image
+from vesalius.io.atomic import write_bytes_atomic, write_json_atomic
+from vesalius.io.deidentify import AUDIT_NAME, BURNED_IN_MODALITIES, DeidentifyOptions, Report
+from vesalius.io.deidentify import deidentify as deidentify_dicom
+from vesalius.io.read_write import DICOM_SUFFIXES
 from vesalius.workspace import Workspace
 
 Layout = Literal["auto", "msd", "pairs", "classes", "csv", "npz"]
@@ -96,6 +110,8 @@ def import_dataset(
     force: bool = False,
     overwrite: bool = False,
     on_case: Callable[[str], None] | None = None,
+    deidentify: DeidentifyOptions | None = None,
+    linkage: str | Path | None = None,
 ) -> tuple[Dataset, VerificationReport]:
     """Import ``source`` as data set ``name`` into the workspace and verify it.
 
@@ -112,19 +128,38 @@ def import_dataset(
         force: import even when verification finds errors (cases that cannot be read are left out).
         overwrite: replace an existing data set of that name.
         on_case: progress callback, called with each case id.
+        deidentify: de-identify on the way in (see the module docstring): DICOM through the PS3.15 Basic Profile
+            with these options, case ids replaced by keyed pseudonyms, no source paths kept; the audit log is
+            written to ``deidentify_audit.jsonl`` in the data set's folder.
+        linkage: with ``deidentify``, write the original case ids, source files and DICOM identifiers next to the
+            pseudonyms here (owner-only permissions); it must lie outside the workspace.
 
     Returns:
         The imported data set (paths in the workspace) and the verification report, whose problems name the
         source files.
 
     Raises:
-        VesaliusError: unknown layout, unusable source, name taken, or verification errors without ``force``.
+        VesaliusError: unknown layout, unusable source, name taken, verification errors without ``force``, an
+            empty key, a linkage file without ``deidentify`` or inside the workspace, or DICOM images that may show
+            burned-in text without ``deidentify.allow_burned_in``.
     """
     ws = Workspace.resolve(workspace)
     source = Path(os.path.abspath(source))
     target = ws.dataset_dir(name)
     if not source.exists():
         raise VesaliusError("source not found", source, "check the path")
+    if deidentify is not None:
+        deidentify.key_bytes()  # an empty key fails before any work
+    if linkage is not None:
+        linkage = Path(os.path.abspath(linkage))
+        if deidentify is None:
+            raise VesaliusError("a linkage file is only written when de-identifying", linkage, "add --deidentify")
+        if ws.root.absolute() in linkage.parents:
+            raise VesaliusError(
+                "the linkage file must not be inside the workspace, which holds the de-identified data",
+                linkage,
+                "write it to a folder outside the workspace",
+            )
     if source.is_dir() and (ws.root.absolute() == source or source in ws.root.absolute().parents):
         raise VesaliusError(
             f"the workspace lies inside the source folder {source}, which is only ever read",
@@ -138,14 +173,21 @@ def import_dataset(
     if target.exists() and not overwrite:
         raise VesaliusError(f"data set '{name}' already exists", target, "choose another name or pass --overwrite")
     staging = _new_staging(target)
+    deid: _Deidentification | None = None
     try:
         if (layout == "auto" and source.suffix.lower() == ".npz") or layout == "npz":
             dataset, problems, origin = _convert_npz(source, name, staging, target_type)
+            if deidentify is not None:
+                deid = _Deidentification(deidentify, staging.parent, target.name)
         else:
             scan = scan_source(source, layout, labels_dir)
             if modalities:
                 scan.modalities = list(modalities)
-            dataset, problems, origin = _convert(scan, source, name, staging, label_threshold, on_case)
+            if deidentify is not None:
+                deid = _Deidentification(deidentify, staging.parent, target.name)
+                scan = deid.apply(scan)
+            copy_bytes = deid is None  # a byte copy would keep NIfTI header text (descrip, extensions)
+            dataset, problems, origin = _convert(scan, source, name, staging, label_threshold, on_case, copy_bytes)
             if modalities and len(modalities) != len(dataset.channels):
                 raise VesaliusError(
                     f"--modality names {len(modalities)} modalities ({','.join(modalities)}) but the data set has "
@@ -158,17 +200,26 @@ def import_dataset(
                 dataset.target_type = _target_type(target_type, len(dataset.labels), multilabel=False, source=source)
         report = verify_dataset(dataset)
         report.problems = problems + [_to_source(p, origin) for p in report.problems]
+        if deid is not None:
+            report.problems = deid.problems + [deid.to_source(p) for p in report.problems]
         if report.errors and not force:
             raise ImportRefused(report)
         if report.errors:
             bad = {p.case_id for p in report.errors if p.case_id}
             dataset.cases = [c for c in dataset.cases if c.case_id not in bad]
             dataset.notes.append(f"imported with --force; left out {len(bad)} cases with errors")
+        if deid is not None:
+            deid.scrub(dataset)
+            deid.write_audit(staging / AUDIT_NAME)
         dataset.save(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+        if deid is not None and linkage is not None:
+            deid.write_linkage(linkage, {c.case_id for c in dataset.cases})
     finally:
+        if deid is not None:
+            shutil.rmtree(deid.scratch, ignore_errors=True)
         if staging.exists():
             shutil.rmtree(staging)
         with contextlib.suppress(OSError):  # still in use by another import: left
@@ -238,6 +289,132 @@ class ImportRefused(VesaliusError):
 
 def _to_source(problem: Problem, origin: dict[str, str]) -> Problem:
     return Problem(problem.severity, origin.get(problem.file, problem.file), problem.message, problem.case_id)
+
+
+# ------------------------------------------------------------------------------------- de-identification
+
+
+def pseudonym_case_id(case_id: str, key: bytes) -> str:
+    """The keyed pseudonym of a case id: ``case-`` and 16 hex digits of HMAC-SHA256(key, case id).
+
+    Keyed, because an unkeyed hash of a name or record number is undone by hashing the candidates; with the same
+    key a source gets the same ids on every import, so splits and results stay comparable across imports.
+    """
+    digest = hmac.new(key, b"case:" + case_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"case-{digest[:16]}"
+
+
+class _NotDeidentified(VesaliusError):
+    """A case part none of whose DICOM files could be de-identified: the case is left out (an import error)."""
+
+
+class _Deidentification:
+    """One de-identifying import: the scratch copy of the DICOM parts, the pseudonyms, the audit and the links."""
+
+    def __init__(self, options: DeidentifyOptions, area: Path, name: str) -> None:
+        self.options = options
+        self.key = options.key_bytes()
+        # named like a staging folder (NAME-...-PID-RANDOM): what a killed import leaves is cleaned by the next one
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{name}-deid-{os.getpid()}-", dir=area))
+        self.problems: list[Problem] = []
+        self.audit: list[dict[str, Any]] = []
+        self.links: dict[str, dict[str, Any]] = {}  # pseudonym -> original id, sources, DICOM identifiers
+        self.originals: dict[str, str] = {}  # de-identified copy -> source path, for messages
+        self.refused: list[str] = []
+        self.pseudonymised = False
+        self.dicom_files = self.burned_in = self.other_files = 0
+
+    def apply(self, scan: SourceScan) -> SourceScan:
+        """The scan with pseudonymous case ids and its DICOM parts replaced by their de-identified copies."""
+        self.pseudonymised = True
+        cases = []
+        for sc in scan.cases:
+            case_id = pseudonym_case_id(sc.case_id, self.key)
+            self.links[case_id] = {"original_case_id": sc.case_id, "sources": [], "dicom": []}
+            try:
+                images = [self._part(p, case_id, f"image_{k}") for k, p in enumerate(sc.images)]
+                label = (
+                    sc.label if sc.label is None or not sc.label.exists() else self._part(sc.label, case_id, "label")
+                )
+            except _NotDeidentified as e:
+                self.problems.append(Problem("error", e.file or "", f"not de-identified: {e.problem}", case_id))
+                continue
+            cases.append(SourceCase(case_id, images, label, sc.target, sc.split))
+        if self.refused:
+            n = len(self.refused)
+            raise VesaliusError(
+                f"{n} DICOM image{'s' if n != 1 else ''} may show burned-in text (BurnedInAnnotation YES, or "
+                f"modality {'/'.join(sorted(BURNED_IN_MODALITIES))} without it); nothing was imported",
+                self.refused[0],
+                "check the pixels, then pass --allow-burned-in to import them",
+            )
+        scan.cases = sorted(cases, key=lambda c: c.case_id)  # the order of the source names would hint at them
+        return scan
+
+    def _part(self, path: Path, case_id: str, part: str) -> Path:
+        """The de-identified copy of one DICOM file or series folder; any other file as it is."""
+        self.links[case_id]["sources"].append(str(path))
+        if not (path.is_dir() or image_suffix(path) in DICOM_SUFFIXES):
+            self.other_files += 1
+            return path
+        out = self.scratch / case_id / part
+        report: Report = deidentify_dicom(path, out, self.options)
+        (out / AUDIT_NAME).unlink()  # the import keeps one audit log for all parts
+        self.refused += [r.source for r in report.refused]
+        self.burned_in += len(report.burned_in)
+        self.dicom_files += len(report.written)
+        for n, record in enumerate(report.records):
+            self.audit.append({**record.audit(), "source": f"{case_id}/{part}/{n:05d}"})  # no source names
+            if record.status == "skipped":
+                self.problems.append(
+                    Problem("warning", record.source, f"left out of the de-identified copy: {record.reason}", case_id)
+                )
+        self.links[case_id]["dicom"] += [{"source": r.source, "identifiers": r.links} for r in report.written]
+        if not report.written and not report.refused:
+            raise _NotDeidentified("no readable DICOM file", path)
+        copy = out if path.is_dir() else out / path.name
+        self.originals[str(copy)] = str(path)
+        return copy
+
+    def to_source(self, problem: Problem) -> Problem:
+        """``problem`` naming the source file instead of its de-identified copy."""
+        for copy, original in self.originals.items():
+            if problem.file == copy or problem.file.startswith(copy + os.sep):
+                return Problem(problem.severity, original + problem.file[len(copy) :], problem.message, problem.case_id)
+        return problem
+
+    def scrub(self, dataset: Dataset) -> None:
+        """Drop from ``dataset`` what names the source (its path, the cases' sources, stray files); note what was
+        done, and in one line what de-identification could not cover."""
+        dataset.source = {"layout": dataset.source.get("layout", ""), "deidentified": self.options.method()}
+        for case in dataset.cases:
+            case.source = []
+        dataset.stray_files = []
+        ids = "case ids are keyed pseudonyms" if self.pseudonymised else "case ids (split_index) are kept"
+        dataset.notes.append(
+            f"de-identified on import ({self.options.method()}): {self.dicom_files} DICOM files; {ids}; "
+            f"source paths not kept; audit in {AUDIT_NAME}"
+        )
+        if self.burned_in:
+            dataset.notes.append(
+                f"{self.burned_in} DICOM images may show burned-in text (imported with allow_burned_in): check them"
+            )
+        if self.other_files or not self.pseudonymised:
+            what = f"{self.other_files} non-DICOM files" if self.pseudonymised else "an .npz source"
+            dataset.notes.append(
+                f"{what} carry no DICOM attributes to de-identify: only voxels and geometry were imported (header "
+                "text dropped); text drawn into their pixels is not checked"
+            )
+
+    def write_audit(self, path: Path) -> None:
+        """The audit log: per DICOM file the attributes removed, emptied, replaced or remapped, never values."""
+        lines = "".join(json.dumps(line, sort_keys=True) + "\n" for line in self.audit)
+        write_bytes_atomic(path, lines.encode("utf-8"))
+
+    def write_linkage(self, path: Path, case_ids: set[str]) -> None:
+        """The linkage file (owner-only): per imported case its pseudonym, original id, sources and identifiers."""
+        cases = [{"case_id": c, **link} for c, link in sorted(self.links.items()) if c in case_ids]
+        write_json_atomic(path, {"cases": cases}, mode=0o600)
 
 
 # --------------------------------------------------------------------------------------------- layouts
@@ -558,8 +735,12 @@ def _convert(
     staging: Path,
     label_threshold: LabelThreshold,
     on_case: Callable[[str], None] | None,
+    copy_bytes: bool = True,
 ) -> tuple[Dataset, list[Problem], dict[str, str]]:
-    """Copy or convert every case into ``staging`` (nnU-Net v2 layout); collect read failures as problems."""
+    """Copy or convert every case into ``staging`` (nnU-Net v2 layout); collect read failures as problems.
+
+    ``copy_bytes=False`` converts NIfTI files too (voxels and geometry only) instead of copying their bytes.
+    """
     (staging / "imagesTr").mkdir()
     if scan.task == "segmentation":
         (staging / "labelsTr").mkdir()
@@ -571,7 +752,9 @@ def _convert(
     thresholded = False
     for sc in scan.cases:
         try:
-            files, dims, n_channels, picture_dtype = _convert_images(sc, staging, scan.channels_last_4d, origin)
+            files, dims, n_channels, picture_dtype = _convert_images(
+                sc, staging, scan.channels_last_4d, origin, copy_bytes
+            )
             spatial_dims = spatial_dims or dims
             if channels is None:
                 channels = _channel_names(n_channels, picture_dtype)
@@ -580,7 +763,9 @@ def _convert(
                     scan.modalities = [kind] * n_channels
             label_rel = None
             if sc.label is not None and sc.label.exists():
-                label_rel, values, did_threshold = _convert_label(sc, staging, scan.labels is None, label_threshold)
+                label_rel, values, did_threshold = _convert_label(
+                    sc, staging, scan.labels is None, label_threshold, copy_bytes
+                )
                 origin[str(staging / label_rel)] = str(sc.label)
                 found_values |= values
                 thresholded |= did_threshold
@@ -623,13 +808,14 @@ def _channel_names(n: int, picture: bool) -> list[str]:
 
 
 def _convert_images(
-    sc: SourceCase, staging: Path, channels_last_4d: bool, origin: dict[str, str]
+    sc: SourceCase, staging: Path, channels_last_4d: bool, origin: dict[str, str], copy_bytes: bool = True
 ) -> tuple[list[str], int, int, bool]:
     """Write the channels of one case; returns (relative files, spatial dims, channels, is 8-bit picture)."""
     files: list[str] = []
     dims, picture = 0, False
     for src in sc.images:
-        header = _header_dims(src) if src.is_file() and src.name.endswith(".nii.gz") else None
+        as_is = copy_bytes and src.is_file() and src.name.endswith(".nii.gz") and not has_header_text(src)
+        header = _header_dims(src) if as_is else None
         if header is not None and header[1] == 1 and not (channels_last_4d and header[0] == 4):
             rel = f"imagesTr/{sc.case_id}_{len(files):04d}.nii.gz"
             shutil.copyfile(src, staging / rel)  # exact bytes; verification reads it back
@@ -678,12 +864,13 @@ def _threshold_value(label_threshold: LabelThreshold) -> int:
 
 
 def _convert_label(
-    sc: SourceCase, staging: Path, infer: bool, label_threshold: LabelThreshold
+    sc: SourceCase, staging: Path, infer: bool, label_threshold: LabelThreshold, copy_bytes: bool = True
 ) -> tuple[str, set[int], bool]:
     """Write one label; threshold 8-bit 0/255 masks when asked. Returns (relative path, values, thresholded)."""
     assert sc.label is not None
     rel = f"labelsTr/{sc.case_id}.nii.gz"
-    if sc.label.name.endswith(".nii.gz") and not infer and sc.label.is_file():
+    as_is = copy_bytes and sc.label.name.endswith(".nii.gz") and sc.label.is_file() and not infer
+    if as_is and not has_header_text(sc.label):
         shutil.copyfile(sc.label, staging / rel)
         return rel, set(), False
     label = read_image(sc.label)

@@ -170,4 +170,3 @@ def reviews_of_cases(workspace_root: Path, case_ids: set[str], group: str | None
 
 
 _SHOWN = ("verdict", "note", "corrected")
-

@@ -4,16 +4,18 @@
 Built with highdicom (which validates the object against the standard); one binary segment per label, frames
 stored only where a segment is present. The label map must lie on the grid that :func:`read_dicom_series` gives
 for the series: array axes ``(X, Y, Z)`` = (columns, rows, slices), slice ``k`` being the ``k``-th file in GDCM's
-slice order (:attr:`~vesalius.io.dicom.SeriesInfo.files`).
+slice order (:attr:`~vesalius.io.dicom.SeriesInfo.files`). :func:`read_dicom_seg` reads such a DICOM-SEG back as a
+label map on that grid.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +23,12 @@ from vesalius.errors import VesaliusError
 from vesalius.io.atomic import atomic_path
 from vesalius.io.image import Image
 
-__all__ = ["write_dicom_seg"]
+if TYPE_CHECKING:
+    from vesalius.io.dicom import SeriesInfo
+
+__all__ = ["DicomSeg", "is_dicom_seg", "read_dicom_seg", "write_dicom_seg"]
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def write_dicom_seg(
@@ -131,3 +138,98 @@ def _segmentation(hd: Any, sources: list[Any], frames: np.ndarray, segments: lis
         device_serial_number="0",
         series_description=description[:64],
     )
+
+
+@dataclass(frozen=True)
+class DicomSeg:
+    """A DICOM-SEG read back onto the grid of the series it was made from.
+
+    Attributes:
+        labels: the label map ``(1, X, Y, Z)`` (uint8, or uint16 past 255 segments) on the grid that
+            :func:`~vesalius.io.read_image` gives for the series; each voxel holds the number of the segment
+            covering it, 0 where none does.
+        names: segment number -> segment label, for every segment of the SEG (also those covering no voxel).
+        series: the source series, as found in the folder.
+        dataset: the SEG itself, for references to it (e.g. a structured report).
+    """
+
+    labels: Image
+    names: dict[int, str]
+    series: SeriesInfo
+    dataset: Any
+
+
+def is_dicom_seg(path: str | Path) -> bool:
+    """Whether ``path`` is a file holding a DICOM Segmentation object (reads the header only)."""
+    import pydicom
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # anything unreadable as DICOM is simply not a DICOM-SEG; the caller says what it expected
+        return False
+    return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE
+
+
+def read_dicom_seg(path: str | Path, series_folder: str | Path) -> DicomSeg:
+    """Read the DICOM-SEG ``path`` as a label map on the grid of its source series, found in ``series_folder``.
+
+    The folder may hold several series: the one the SEG references (ReferencedSeriesSequence) is used. Frames
+    are matched to the series' slices by the SOP instances they were derived from, so the label map lines up
+    with :func:`~vesalius.io.read_image` of the series voxel for voxel, whatever the slice order in the SEG.
+
+    Raises:
+        VesaliusError: ``path`` is not a DICOM-SEG, the folder does not hold the series it was made from, its
+            segments overlap (a label map holds one label per voxel), or its frames do not fit the series.
+    """
+    import highdicom as hd
+    import pydicom
+
+    from vesalius.io.dicom import list_series
+    from vesalius.io.read_write import read_image
+
+    path = Path(path)
+    if not is_dicom_seg(path):
+        problem = "file not found" if not path.exists() else "not a DICOM Segmentation (DICOM-SEG) file"
+        raise VesaliusError(problem, path, "give the DICOM-SEG file (e.g. the CASE_seg.dcm that predict writes)")
+    dataset = pydicom.dcmread(path)
+    referenced = [str(item.SeriesInstanceUID) for item in dataset.get("ReferencedSeriesSequence", [])]
+    if not Path(series_folder).is_dir():
+        raise VesaliusError("folder not found", series_folder, "give the folder of the series the SEG was made from")
+    in_folder = list_series(series_folder)
+    matches = [s for s in in_folder if s.uid in referenced]
+    if not matches:
+        held = "; ".join(s.summary() for s in in_folder) or "no DICOM series"
+        raise VesaliusError(
+            f"the DICOM-SEG was made from series {', '.join(referenced) or '(none named)'}, but {series_folder} "
+            f"holds {held}",
+            path,
+            "give the folder of the series the segmentation was made from",
+        )
+    series = matches[0]
+    grid = read_image(series_folder, series_uid=series.uid)
+    uids = [
+        str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        for f in series.files
+    ]
+    try:
+        seg = hd.seg.Segmentation.from_dataset(dataset, copy=False)
+        frames = seg.get_pixels_by_source_instance(uids, combine_segments=True, assert_missing_frames_are_empty=True)
+    except (ValueError, RuntimeError, KeyError, AttributeError, TypeError) as e:  # highdicom's reasons, one line
+        raise VesaliusError(
+            f"cannot read the DICOM-SEG as a label map ({' '.join(str(e).split())[:200].rstrip('.')})",
+            path,
+            "a label map needs a binary DICOM-SEG with non-overlapping segments, made from this series",
+        ) from None
+    names = {int(s.SegmentNumber): str(s.get("SegmentLabel", s.SegmentNumber)) for s in dataset.SegmentSequence}
+    array = np.transpose(np.asarray(frames), (2, 1, 0))  # (slices, rows, columns) -> (X, Y, Z)
+    if array.shape != grid.spatial_shape:
+        raise VesaliusError(
+            f"the DICOM-SEG frames give a {array.shape} label map; the series is {grid.spatial_shape}",
+            path,
+            "give the series the segmentation was made from",
+        )
+    dtype = np.uint8 if max(names, default=0) < 256 else np.uint16
+    return DicomSeg(grid.with_array(array.astype(dtype)[None]), names, series, dataset)

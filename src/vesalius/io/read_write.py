@@ -38,6 +38,32 @@ _NO_GEOMETRY = (".png", ".jpg", ".jpeg", ".bmp")
 CANONICAL_ORIENTATION = "RAS"
 """Array axis 0 points to the patient's right, 1 to anterior, 2 to superior (as nibabel and MONAI)."""
 
+_TEXT_FIELDS = {
+    348: ((4, 32), (148, 252), (328, 344)),  # Analyze data_type and db_name, descrip and aux_file, intent_name
+    540: ((240, 344), (508, 524), (525, 540)),  # descrip and aux_file, intent_name, unused_str
+}
+"""Byte ranges of the NIfTI-1 and NIfTI-2 header fields (by ``sizeof_hdr``) that hold text rather than numbers."""
+
+
+def has_header_text(path: str | Path) -> bool:
+    """Whether the NIfTI file ``path`` (``.nii`` or ``.nii.gz``) holds text in a free-text header field or
+    announces extensions: where converters put DICOM attributes (dcm2niix writes acquisition details into ``descrip``,
+    dcmstack the whole DICOM header as an extension)."""
+    with open(path, "rb") as f:
+        head = f.read(2048)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head, 544)
+        except zlib.error:
+            return False  # not a readable gzip stream: reading the image says what is wrong
+    for e in "<>":
+        if len(head) < 4 or (size := struct.unpack(f"{e}i", head[:4])[0]) not in _TEXT_FIELDS:
+            continue
+        if any(head[start:end].strip(b"\0 ") for start, end in _TEXT_FIELDS[size]):
+            return True
+        return head[size : size + 1] not in (b"", b"\0")  # extension[0] != 0: extensions follow the header
+    return False
+
 
 def image_suffix(path: str | Path) -> str:
     """The recognised suffix of ``path`` in lower case (``".nii.gz"``), or ``""`` when not an image file."""
@@ -367,6 +393,13 @@ def write_image(image: Image, path: str | Path, *, compress: bool = True, restor
 
     Returns:
         The path written.
+
+    Only geometry, voxels and their type are written, never text from where the image came from: an
+    :class:`Image` holds no metadata and :func:`~vesalius.io.image.to_sitk` builds a new SimpleITK image, so the
+    attributes of a DICOM series it was read from (patient, study, institution, descriptions), which SimpleITK
+    keeps in an image's metadata and its NRRD and MetaImage writers copy into the header, never reach the file,
+    and NIfTI's free-text fields (``descrip``, ``aux_file``, ``intent_name``) stay empty. A DICOM series gets the
+    tags :func:`~vesalius.io.dicom.write_dicom_series` sets and no others.
     """
     import SimpleITK as sitk
 

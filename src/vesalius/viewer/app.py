@@ -17,9 +17,12 @@ Routes:
 - ``POST /api/cases/{index}/correction``: the page's drawing (NiiVue's NIfTI of it, optionally gzipped), written
   as ``corrections/CASE.nii.gz`` on the case image's exact grid (a drawing of another shape is refused, 422);
 - ``/api/cases/{index}/{image|prediction|reference}.nii.gz``: a volume as gzipped NIfTI. NIfTI files are sent as
-  they are, once checked (a corrupt or truncated file is refused, not handed to the browser to fail there); other
-  formats are converted once into the app's own temporary folder (pictures with three channels become grey),
-  never next to the data.
+  they are, once checked (a corrupt or truncated file is refused, not handed to the browser to fail there), unless
+  their header holds free text or extensions (:func:`~vesalius.io.has_header_text`); those and other formats are
+  converted once into the app's own temporary folder (pictures with three channels become grey), never next to
+  the data. The browser thus gets geometry and voxels only, never what a DICOM converter copied into a header
+  (a patient's name in ``descrip``, the whole DICOM header as an extension), which the page would not show but a
+  download of the volume would carry.
 
 Cases are addressed by their index in the list, so no path from a request ever reaches the file system. Error
 responses are ``{"error": "<one short line>"}``: they never carry file paths or library messages (the page may be
@@ -47,7 +50,7 @@ from starlette.requests import Request  # at module level: FastAPI resolves the 
 
 from vesalius.errors import VesaliusError
 from vesalius.evaluation.review import MAX_NOTE, VERDICTS, Review, drawing_to_labels
-from vesalius.io import image_suffix
+from vesalius.io import has_header_text, image_suffix
 from vesalius.reporting.overlay import PALETTE
 from vesalius.viewer.cases import ViewerCase
 
@@ -119,7 +122,7 @@ class _Volumes:
             try:
                 if key not in self.converted:
                     as_is = image_suffix(source) == ".nii.gz" and (kind == "image" or _small_integers(source))
-                    if as_is:
+                    if as_is and not has_header_text(source):
                         _full_check(source)
                         self.converted[key] = source
                     else:
