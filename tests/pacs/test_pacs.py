@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.pacs.conftest import PASSWORD, TOKEN, USER, Orthanc, free_port
+from tests.pacs.orthanc import PASSWORD, TOKEN, USER, Orthanc, free_port
 from vesalius.cli import main
 from vesalius.io import read_image
 from vesalius.io.dicom import write_dicom_series
