@@ -2,7 +2,8 @@
 
 An input is an image file; a DICOM series folder (a folder holding ``.dcm`` files and no other images); or a
 folder of image files, one case per file, or for multi-channel models one file per channel named ``CASE_0000``,
-``CASE_0001``, ... (nnU-Net's convention). Both tasks read their inputs here.
+``CASE_0001``, ... (nnU-Net's convention) or one file holding every channel (a colour picture for a model trained
+on R, G, B, as ``vesalius import`` splits it). Both tasks read their inputs here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vesalius.errors import VesaliusError
-from vesalius.io import IMAGE_SUFFIXES, Image, image_suffix, read_image, strip_suffix
+from vesalius.io import IMAGE_SUFFIXES, Image, channels_in_file, image_suffix, read_image, strip_suffix
 
 __all__ = ["InputCase", "check_finite", "list_inputs", "output_path", "read_case"]
 
@@ -54,11 +55,11 @@ def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
     if not source.exists():
         raise VesaliusError("input not found", source, "give an image file, a DICOM folder or a folder of images")
     if source.is_file():
-        if channels != 1:
+        if channels != 1 and channels_in_file(source) != channels:
             raise VesaliusError(
-                f"the model needs {channels} channels but one file was given",
+                f"the model needs {channels} channels but one file of {channels_in_file(source) or 1} was given",
                 source,
-                "give a folder of CASE_000N files",
+                "give a folder of CASE_000N files, one per channel (or a colour picture for an RGB model)",
             )
         return [InputCase(strip_suffix(source), [source], label_suffix(source))]
     if _is_dicom_folder(source):
@@ -79,15 +80,21 @@ def list_inputs(source: str | Path, channels: int = 1) -> list[InputCase]:
         cases += [InputCase(p.name, [p], ".nii.gz") for p in subfolders]
     else:
         groups: dict[str, list[Path]] = {}
+        cases = []
         for p in files:
+            if channels_in_file(p) == channels:  # all channels in one file: a colour picture for an RGB model
+                cases.append(InputCase(strip_suffix(p), [p], label_suffix(p)))
+                continue
             stem = strip_suffix(p)
             case_id, _, index = stem.rpartition("_")
             if not (case_id and index.isdigit() and len(index) == 4):
                 raise VesaliusError(
-                    "a multi-channel model needs files named CASE_0000, CASE_0001, ...", p, "rename the files"
+                    f"the model needs {channels} channels: a file holding them all or files named CASE_0000, "
+                    "CASE_0001, ...",
+                    p,
+                    "rename the files",
                 )
             groups.setdefault(case_id, []).append(p)
-        cases = []
         for case_id, group in sorted(groups.items()):
             if len(group) != channels:
                 raise VesaliusError(

@@ -3,6 +3,7 @@
 from vesalius.io.image import Geometry, Image, from_sitk, to_sitk
 from vesalius.io.read_write import (
     IMAGE_SUFFIXES,
+    channels_in_file,
     has_header_text,
     image_suffix,
     read_image,
@@ -15,6 +16,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Geometry",
     "Image",
+    "channels_in_file",
     "from_sitk",
     "has_header_text",
     "image_suffix",

@@ -65,6 +65,20 @@ def has_header_text(path: str | Path) -> bool:
     return False
 
 
+def channels_in_file(path: str | Path) -> int | None:
+    """Channels per pixel that an image file declares (3 for a colour picture), from its header alone; ``None``
+    when the header cannot be read (reading the image then says why)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return int(reader.GetNumberOfComponents())
+
+
 def image_suffix(path: str | Path) -> str:
     """The recognised suffix of ``path`` in lower case (``".nii.gz"``), or ``""`` when not an image file."""
     name = Path(path).name.lower()
