@@ -147,6 +147,19 @@ def test_pairs_threshold_none_keeps_label_values(pairs_source, workspace):
     assert set(np.unique(label.array).tolist()) == {0, 255}
 
 
+def test_pairs_inverted_labels_make_the_dark_part_foreground(pairs_source, workspace, make, monkeypatch):
+    dataset, report = import_dataset(pairs_source, "inv", workspace=workspace, invert_labels=True)
+    assert report.ok and any("binarised as value < 128" in n for n in dataset.notes)
+    label = read_image(dataset.label_path(dataset.case("img00")))
+    np.testing.assert_array_equal(label.array, (make.mask(0).array == 0).astype(np.uint8))
+    with pytest.raises(VesaliusError, match="--invert-labels needs labels that are binarised"):
+        import_dataset(pairs_source, "inv2", workspace=workspace, invert_labels=True, label_threshold=None)
+    monkeypatch.chdir(pairs_source.parent)  # --labels also takes a path as given, relative to where one stands
+    relative = str((pairs_source / "masks").relative_to(pairs_source.parent))
+    other, _ = import_dataset(pairs_source, "rel", workspace=workspace, labels_dir=relative)
+    assert len(other.cases) == 3
+
+
 def test_pairs_with_several_label_folders_needs_labels_dir(pairs_source, workspace, make, unchanged):
     shutil.copytree(pairs_source / "masks", pairs_source / "labels")
     for p in (pairs_source / "labels").iterdir():  # the "labels" folder holds other masks: inverted ones

@@ -104,6 +104,7 @@ def import_dataset(
     layout: Layout = "auto",
     labels_dir: str | None = None,
     label_threshold: LabelThreshold = "auto",
+    invert_labels: bool = False,
     modalities: list[str] | None = None,
     target_type: str = "auto",
     workspace: str | Path | Workspace | None = None,
@@ -122,6 +123,8 @@ def import_dataset(
         labels_dir: for ``pairs``, the label folder (name inside ``source`` or a path).
         label_threshold: for ``pairs``, binarise labels as ``value >= threshold``; ``"auto"`` does so at 128
             for 8-bit masks whose maximum is 255 (the usual 0/255 mask pictures); ``None`` keeps values.
+        invert_labels: for ``pairs``, the foreground is below the threshold instead (ISBI 2012's EM masks draw
+            the membranes black on white cells).
         modalities: one per channel (``"CT"``, ``"MRI"``, ...), overriding what the source says.
         target_type: classification data: ``"auto"`` or one of :data:`TARGET_TYPES` (see the module docstring).
         workspace: the workspace (default ``$VESALIUS_HOME`` or ``./vesalius_work``).
@@ -187,7 +190,8 @@ def import_dataset(
                 deid = _Deidentification(deidentify, staging.parent, target.name)
                 scan = deid.apply(scan)
             copy_bytes = deid is None  # a byte copy would keep NIfTI header text (descrip, extensions)
-            dataset, problems, origin = _convert(scan, source, name, staging, label_threshold, on_case, copy_bytes)
+            binarise = (label_threshold, invert_labels)
+            dataset, problems, origin = _convert(scan, source, name, staging, binarise, on_case, copy_bytes)
             if modalities and len(modalities) != len(dataset.channels):
                 raise VesaliusError(
                     f"--modality names {len(modalities)} modalities ({','.join(modalities)}) but the data set has "
@@ -618,9 +622,13 @@ def _scan_pairs(source: Path, labels_dir: str | None) -> SourceScan:
     if images_dir is None:
         raise VesaliusError("no images/ folder", source, f"put the images in one of {', '.join(IMAGE_DIRS)}")
     if labels_dir:
-        label_folder = Path(labels_dir) if Path(labels_dir).is_absolute() else source / labels_dir
+        # a relative path names a folder inside the source (``--labels masks``) or, failing that, one as given
+        inside = source / labels_dir
+        label_folder = inside if inside.is_dir() or Path(labels_dir).is_absolute() else Path(labels_dir)
         if not label_folder.is_dir():
-            raise VesaliusError("label folder not found", label_folder, "check --labels")
+            raise VesaliusError(
+                "label folder not found", labels_dir, f"give a folder inside {source} or a path to one"
+            )
     else:
         candidates = [source / d for d in LABEL_DIRS if (source / d).is_dir()]
         if not candidates:
@@ -733,11 +741,13 @@ def _convert(
     source: Path,
     name: str,
     staging: Path,
-    label_threshold: LabelThreshold,
+    binarise: tuple[LabelThreshold, bool],
     on_case: Callable[[str], None] | None,
     copy_bytes: bool = True,
 ) -> tuple[Dataset, list[Problem], dict[str, str]]:
     """Copy or convert every case into ``staging`` (nnU-Net v2 layout); collect read failures as problems.
+
+    ``binarise``: the label threshold and whether the foreground lies below it (see :func:`import_dataset`).
 
     ``copy_bytes=False`` converts NIfTI files too (voxels and geometry only) instead of copying their bytes.
     """
@@ -764,7 +774,7 @@ def _convert(
             label_rel = None
             if sc.label is not None and sc.label.exists():
                 label_rel, values, did_threshold = _convert_label(
-                    sc, staging, scan.labels is None, label_threshold, copy_bytes
+                    sc, staging, scan.labels is None, binarise, copy_bytes
                 )
                 origin[str(staging / label_rel)] = str(sc.label)
                 found_values |= values
@@ -784,7 +794,13 @@ def _convert(
         labels = {0: "background", 1: "foreground"}
     elif labels is None:
         labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(found_values | {0})}
-    notes = [f"labels binarised as value >= {_threshold_value(label_threshold)}"] if thresholded else []
+    label_threshold, invert = binarise
+    if invert and not thresholded and scan.task == "segmentation":
+        raise VesaliusError(
+            "--invert-labels needs labels that are binarised", source, "give --label-threshold N as well"
+        )
+    relation = "<" if invert else ">="
+    notes = [f"labels binarised as value {relation} {_threshold_value(label_threshold)}"] if thresholded else []
     dataset = Dataset(
         name=name,
         task=scan.task,
@@ -864,12 +880,13 @@ def _threshold_value(label_threshold: LabelThreshold) -> int:
 
 
 def _convert_label(
-    sc: SourceCase, staging: Path, infer: bool, label_threshold: LabelThreshold, copy_bytes: bool = True
+    sc: SourceCase, staging: Path, infer: bool, binarise: tuple[LabelThreshold, bool], copy_bytes: bool = True
 ) -> tuple[str, set[int], bool]:
     """Write one label; threshold 8-bit 0/255 masks when asked. Returns (relative path, values, thresholded)."""
     assert sc.label is not None
     rel = f"labelsTr/{sc.case_id}.nii.gz"
-    as_is = copy_bytes and sc.label.name.endswith(".nii.gz") and sc.label.is_file() and not infer
+    label_threshold, invert = binarise
+    as_is = copy_bytes and sc.label.name.endswith(".nii.gz") and sc.label.is_file() and not infer and not invert
     if as_is and not has_header_text(sc.label):
         shutil.copyfile(sc.label, staging / rel)
         return rel, set(), False
@@ -882,7 +899,7 @@ def _convert_label(
     elif label_threshold is not None:
         threshold = int(label_threshold)
     if threshold is not None:
-        array = (array >= threshold).astype(np.uint8)
+        array = ((array < threshold) if invert else (array >= threshold)).astype(np.uint8)
     elif array.dtype.kind in "iub" and array.size and array.min() >= 0 and array.max() <= 255:
         array = array.astype(np.uint8)
     write_image(label.with_array(array), staging / rel)
