@@ -79,13 +79,18 @@ def _check_options(task: str, given: dict[str, Any], accepted: Any) -> None:
 
 def plan(name: str, workspace: Any = None, **kwargs: Any) -> Any:
     """Plan a data set and save the plan: a :class:`~vesalius.planning.plan.Plan` for segmentation
-    (:func:`vesalius.planning.planner.plan_dataset`: ``device``, ``time_budget_s``, ``memory_gb``), a
-    :class:`~vesalius.planning.plan.ClassificationPlan` for classification
+    (:func:`vesalius.planning.planner.plan_dataset`: ``device``, ``time_budget_s``, ``memory_gb``, ``n4``,
+    ``denoise``), a :class:`~vesalius.planning.plan.ClassificationPlan` for classification
     (:func:`vesalius.planning.classification.plan_classification_dataset`: ``device``, ``time_budget_s``)."""
     if _task(name, workspace) == "classification":
+        from vesalius.errors import VesaliusError
         from vesalius.planning.classification import plan_classification_dataset
 
         kwargs.pop("memory_gb", None)
+        if kwargs.pop("n4", False) or kwargs.pop("denoise", None):
+            raise VesaliusError(
+                "N4 and denoising are options of segmentation plans", remedy="plan the classifier without them"
+            )
         return plan_classification_dataset(name, workspace, **kwargs)[0]
     from vesalius.planning.planner import plan_dataset
 
@@ -116,8 +121,8 @@ def train(
     """Train a model on one fold of a data set (or ``"all"``), validate it and write its report.
 
     Segmentation data sets train a U-Net of plan configuration ``config`` (default: ``"3d"`` where the plan has
-    it, else ``"2d"``); ``settings`` are :class:`vesalius.training.SegmentationSettings` fields (``epochs``,
-    ``time_budget_s``, ``lr``, ``precision``, ...); ``fold`` defaults to 0. Classification data sets train a
+    it, else ``"2d"``); ``settings`` are :class:`vesalius.training.SegmentationSettings` fields (``network``,
+    ``epochs``, ``time_budget_s``, ``lr``, ``precision``, ...); ``fold`` defaults to 0. Classification data sets train a
     classifier (``config`` must be ``None``); ``settings`` are :class:`vesalius.training.ClassificationSettings`
     fields (``network``, ``epochs``, ``balance``, ...); ``fold`` defaults to ``"auto"`` (the source's official split
     where it has one). ``task`` (``"segmentation"`` or ``"classification"``) checks the data set's; an option that
@@ -175,15 +180,20 @@ def predict(source: str | Path, output: str | Path, model: str | Path, *, backen
 
     ``model``: a run folder or a folder of folds (run by torch), or an exported package (``NAME.vpkg`` or its
     folder: ``backend="auto"`` runs it on ONNX Runtime without torch, :class:`vesalius.runtime.Predictor`;
-    ``backend="torch"`` runs its ``torch.export`` programs). Segmentation
+    ``backend="torch"`` runs its ``torch.export`` programs). ``shard``: ``"I/N"`` or a
+    :class:`~vesalius.inference.cohort.Shard`, this process's share of a cohort; a folder output keeps a manifest,
+    and cases an earlier run finished with the same model and options are skipped. Segmentation
     (:func:`vesalius.inference.segmentation.segment_files`; ``fast``, ``probabilities``, ``postprocess``,
     ``fill_holes``, ...) returns the written label maps; classification
     (:func:`vesalius.inference.classification.classify_files`; ``explain``) the predictions CSV. Torch runs take
     ``device`` and ``precision`` (default: the training precision); run folders also ``checkpoint``.
     """
     from vesalius.errors import VesaliusError
+    from vesalius.inference.cohort import Shard
     from vesalius.runtime.package import is_package
 
+    if isinstance(options.get("shard"), str):
+        options["shard"] = Shard.parse(options["shard"])
     if backend not in ("auto", "torch", "onnxruntime"):
         raise VesaliusError(f"unknown backend '{backend}'", remedy="use auto, torch or onnxruntime")
     if is_package(model):

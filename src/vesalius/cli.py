@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,9 @@ def import_cmd(
     label_threshold: Annotated[
         str, typer.Option(help="Pairs: binarise labels at this value; 'auto' (0/255 masks) or 'none'.")
     ] = "auto",
+    invert_labels: Annotated[
+        bool, typer.Option("--invert-labels", help="Pairs: the foreground is below the threshold (dark on white).")
+    ] = False,
     modality: Annotated[
         str | None, typer.Option(help="Modality per channel, comma-separated (e.g. CT or FLAIR,T1c).")
     ] = None,
@@ -145,6 +149,7 @@ def import_cmd(
                 layout=layout,  # type: ignore[arg-type]
                 labels_dir=labels,
                 label_threshold=threshold,  # type: ignore[arg-type]
+                invert_labels=invert_labels,
                 modalities=modality.split(",") if modality else None,
                 target_type=targets,
                 workspace=workspace,
@@ -195,16 +200,24 @@ def plan(
     device: Annotated[str, typer.Option(help="Device the plan is sized for: cpu or cuda.")] = "cpu",
     time_budget: Annotated[str | None, typer.Option(help="Training time budget, e.g. 30m, 2h, 900s.")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Memory available for training, GB.")] = None,
+    n4: Annotated[
+        bool, typer.Option("--n4", help="N4 bias-field correction of the MRI-like (z-scored) channels.")
+    ] = False,
+    denoise: Annotated[
+        str | None, typer.Option(help="Edge-preserving denoising of every channel: curvature_flow or anisotropic.")
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation (classification:
-    input size, network, batch, optimiser, augmentation)."""
+    """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation, intensity
+    filters (classification: input size, network, batch, optimiser, augmentation)."""
     import vesalius
     from vesalius.planning.plan import ClassificationPlan
     from vesalius.workspace import Workspace
 
     budget = parse_duration(time_budget) if time_budget else None
-    result = vesalius.plan(name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb)
+    result = vesalius.plan(
+        name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb, n4=n4, denoise=denoise
+    )
     ws = Workspace.resolve(workspace)
     if isinstance(result, ClassificationPlan):
         out.print(
@@ -225,6 +238,12 @@ def plan(
             highlight=False,
         )
     out.print(f"normalisation: {[n.scheme for n in result.normalization]}", markup=False)
+    if result.filters is not None:
+        described = [
+            " + ".join(f.method for f in (channel.bias_field, channel.denoise) if f is not None) or "none"
+            for channel in result.filters
+        ]
+        out.print(f"filters: {described}", markup=False)
     out.print(f"plan written to {ws.plan_path(name)}", markup=False, highlight=False)
 
 
@@ -260,7 +279,11 @@ def train(
     ] = None,
     task: Annotated[str, typer.Option(help="auto (the data set's), segmentation or classification.")] = "auto",
     network: Annotated[
-        str | None, typer.Option(help="Classification: cnn, resnet18, resnet50 or densenet121 (default: planned).")
+        str | None,
+        typer.Option(
+            help="Segmentation: resunet, attention or resenc; classification: cnn, resnet18, resnet50 or "
+            "densenet121 (default: planned)."
+        ),
     ] = None,
     balance: Annotated[
         str | None, typer.Option(help="Classification imbalance: none, weights or sampling (default: planned).")
@@ -286,6 +309,20 @@ def train(
         str | None, typer.Option(help="Decay: poly, cosine, or step (classification); default: the plan's.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the plan's).")] = None,
+    adversarial: Annotated[
+        float | None,
+        typer.Option(
+            help="Segmentation: weight of an adversarial loss from a PatchGAN discriminator trained alongside "
+            "(a training aid, not part of the model), e.g. 0.01; default 0 (off)."
+        ),
+    ] = None,
+    adversarial_warmup: Annotated[
+        float | None,
+        typer.Option(help="Segmentation: fraction of the run before the adversarial loss starts (default 0.2)."),
+    ] = None,
+    adversarial_lr: Annotated[
+        float | None, typer.Option(help="Segmentation: the discriminator's learning rate (default 0.0002).")
+    ] = None,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
@@ -311,6 +348,9 @@ def train(
         "balance": balance,
         "early_stopping": early_stopping,
         "pretrained": str(pretrained) if pretrained else None,
+        "adversarial": adversarial,
+        "adversarial_warmup": adversarial_warmup,
+        "adversarial_lr": adversarial_lr,
     }
     result = vesalius.train(
         name,
@@ -400,15 +440,16 @@ def predict(
     password: PasswordOption = None,
     token: TokenOption = None,
     timeout: TimeoutOption = 60.0,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Predict shard I/N of the cases (1-based; under torchrun: the rank's share)."),
+    ] = None,
 ) -> None:
     """Segment images with a trained model (each output on its input's grid), or classify them with a trained
     classifier (a CSV of class probabilities). Exported packages run on ONNX Runtime without torch. With
     --from-pacs, a series is retrieved from a PACS (DICOMweb), segmented, measured, and with --push the DICOM-SEG
     and a DICOM SR measurement report are stored back into its study."""
     import vesalius
-
-    def report(case) -> None:  # type: ignore[no-untyped-def]
-        err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
 
     # only the options given (not at their default) go on: the Python API refuses those of the other task
     chosen = {
@@ -453,7 +494,25 @@ def predict(
         raise VesaliusError("no images to predict", remedy="give --input and --output (or --from-pacs URL --study)")
     if study or series or push:
         raise VesaliusError("--study, --series and --push go with --from-pacs", remedy="give --from-pacs URL")
-    written = vesalius.predict(input, output, model, backend=backend, on_case=report, **given)
+    from vesalius.inference.cohort import Shard
+
+    part = Shard.parse(shard) if shard else Shard.from_environment()  # under torchrun: the ranks split the cases
+    if part is not None:
+        given["shard"] = part
+    done, skipped, start = [], [], time.perf_counter()
+    with _progress(f"predicting{f' (shard {part})' if part else ''}", total=None) as advance:
+
+        def report(case) -> None:  # type: ignore[no-untyped-def]
+            (skipped if case.skipped else done).append(case.seconds)
+            advance(case.case_id)
+            if not case.skipped and not err.is_terminal:  # a log file gets each case's time
+                err.print(f"{case.case_id}: {case.seconds:.2f} s", markup=False, highlight=False)
+
+        written = vesalius.predict(input, output, model, backend=backend, on_case=report, **given)
+    seconds = time.perf_counter() - start
+    rate = f"{len(done) / seconds:.2f} cases/s" if done and seconds > 0 else "nothing predicted"
+    earlier = f", {len(skipped)} done by an earlier run" if skipped else ""
+    out.print(f"{len(done)} case(s) predicted in {seconds:.1f} s ({rate}){earlier}", markup=False, highlight=False)
     if isinstance(written, Path):
         out.print(f"class probabilities written to {written}", markup=False, highlight=False)
     else:

@@ -6,8 +6,9 @@ export read it, all through :class:`ModelPackage`. No other module knows the fol
 Layout::
 
     model.json             the trained configuration (TrainedSegmentation or TrainedClassification): what
-                           prediction needs, resolved at training time (network, patch, spacing, normalisation,
-                           mirror axes, batch, precision, channels, labels) and the versions that trained it
+                           prediction needs, resolved at training time (network, patch, spacing, intensity
+                           filters, normalisation, mirror axes, batch, precision, channels, labels) and the
+                           versions that trained it
     plan.json              the plan the run was trained from (for the record; prediction reads model.json)
     training.json          the resolved training settings and the split: the run can be reproduced from it
     fingerprint.json       the data set's fingerprint at training time (for drift checks)
@@ -39,11 +40,13 @@ from vesalius.errors import VesaliusError
 from vesalius.io.atomic import atomic_path, write_json_atomic
 from vesalius.io.schema import load_document, to_json
 from vesalius.planning.plan import (
+    ChannelFilters,
     ClassificationPlan,
     ClassifierNetwork,
     Configuration,
     Normalization,
     Plan,
+    check_filters,
     load_any_plan,
 )
 
@@ -75,11 +78,13 @@ class TrainedSegmentation:
         dataset: the data set it was trained on; ``config``: the plan configuration (``"3d"``, ``"2d"``).
         channels: input channel names, in order; ``labels``: label value -> name (0 is the background).
         normalization: per channel, as in preprocessing.
-        configuration: the network and the grid: the plan's configuration with the patch, batch and mirror axes
-            that training used (a run may override the plan's).
+        configuration: the network and the grid: the plan's configuration with the patch, batch, mirror axes and
+            network family (``network``; ``"resunet"`` in ``model.json`` files without it) that training used (a run
+            may override the plan's).
         precision: the training precision (``auto``, ``fp32``, ``bf16``, ``fp16``); validation and prediction use
             it unless told otherwise.
         versions: package versions that trained the model.
+        filters: per channel, the plan's intensity filters (N4, denoising) applied before resampling; ``None``: none.
     """
 
     dataset: str
@@ -90,8 +95,12 @@ class TrainedSegmentation:
     configuration: Configuration
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     versions: dict[str, str] = field(default_factory=dict)
+    filters: tuple[ChannelFilters, ...] | None = None
     task: Literal["segmentation"] = "segmentation"
     model_version: int = MODEL_VERSION
+
+    def __post_init__(self) -> None:
+        check_filters(self.filters, self.normalization)
 
     @property
     def spatial_dims(self) -> int:

@@ -160,7 +160,7 @@ def predicted(series: Path) -> Path:
 
 def test_prediction_outputs_carry_no_identity_but_the_dicom_seg(predicted: Path, series: Path) -> None:
     written = sorted(p.name for p in predicted.rglob("*") if p.is_file())
-    assert written == ["series.nii.gz", "series_probabilities.nii.gz", "series_seg.dcm"]
+    assert written == ["manifest.jsonl", "series.nii.gz", "series_probabilities.nii.gz", "series_seg.dcm"]
     for path in predicted.rglob("*"):
         if path.is_file() and path.name != "series_seg.dcm":
             assert _leaks(_content(path)) == [], path.name

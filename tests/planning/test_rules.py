@@ -18,6 +18,7 @@ from vesalius.planning.rules import (
     features_per_stage,
     load_rules,
     mirror_axes,
+    network_family,
     network_stem,
     normalization,
     patch_and_batch,
@@ -144,6 +145,12 @@ def test_the_first_stage_is_full_resolution_where_the_rules_list_the_configurati
 def test_cpu_plans_suggest_adamw_with_cosine_decay_and_gpu_plans_sgd_with_poly(rules: dict) -> None:
     assert training_defaults("cpu", rules) == {"optimizer": "adamw", "schedule": "cosine"}
     assert training_defaults("cuda:0", rules) == {"optimizer": "sgd", "schedule": "poly"}
+
+
+def test_plans_default_to_the_residual_unet_unless_the_rules_name_another_family(rules: dict) -> None:
+    assert {network_family(d, k, rules) for d in ("cpu", "cuda:0") for k in ("2d", "3d")} == {"resunet"}
+    custom = load_rules({"network": {"cpu": {"2d": "attention", "3d": "resunet"}, "cuda": {"2d": "x", "3d": "resenc"}}})
+    assert network_family("cpu", "2d", custom) == "attention" and network_family("cuda", "3d", custom) == "resenc"
 
 
 def test_memory_caps_the_batch(rules: dict) -> None:

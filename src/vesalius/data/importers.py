@@ -626,9 +626,7 @@ def _scan_pairs(source: Path, labels_dir: str | None) -> SourceScan:
         inside = source / labels_dir
         label_folder = inside if inside.is_dir() or Path(labels_dir).is_absolute() else Path(labels_dir)
         if not label_folder.is_dir():
-            raise VesaliusError(
-                "label folder not found", labels_dir, f"give a folder inside {source} or a path to one"
-            )
+            raise VesaliusError("label folder not found", labels_dir, f"give a folder inside {source} or a path to one")
     else:
         candidates = [source / d for d in LABEL_DIRS if (source / d).is_dir()]
         if not candidates:

@@ -201,7 +201,7 @@ def calibration_batches(dataset: Dataset, cases: Sequence[Case], contract: Contr
             continue
         from vesalius.preprocessing.pipeline import preprocess_image
 
-        data, _, _ = preprocess_image(image, None, contract.spacing, contract.normalization)
+        data, _, _ = preprocess_image(image, None, contract.spacing, contract.normalization, contract.filters)
         windows = _segmentation_windows(data, contract)
         if len(windows) > WINDOWS_PER_CASE:
             windows = [windows[i] for i in sorted(rng.choice(len(windows), WINDOWS_PER_CASE, replace=False))]

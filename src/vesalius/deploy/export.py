@@ -194,6 +194,7 @@ def _contract(models: Sequence[LoadedModel], name: str, network: Network) -> Con
         spacing=configuration.resampling_spacing,
         window=window,
         postprocessing=_postprocessing(models),
+        filters=trained.filters,
         anisotropy_ratio=ANISOTROPY_RATIO,
     )
 

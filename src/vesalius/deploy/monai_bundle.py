@@ -628,7 +628,8 @@ def export_monai_bundle(
         The written bundle.
 
     Raises:
-        VesaliusError: for a classifier, 2D images, or channels normalised in ways one MONAI transform cannot say.
+        VesaliusError: for a classifier, 2D images, channels normalised in ways one MONAI transform cannot say, or
+            a model trained with intensity filters (N4, denoising: MONAI has no transform for them).
     """
     output = Path(output)
     archive = output.suffix.lower() == ".zip"
@@ -641,6 +642,13 @@ def export_monai_bundle(
         )
     if trained.spatial_dims != 3:
         raise VesaliusError("a MONAI Bundle is exported for 3D images only", packages[0].root, "export a .vpkg package")
+    if trained.filters is not None:
+        raise VesaliusError(
+            "the model was trained with intensity filters (N4 bias-field correction or denoising), which a MONAI "
+            "Bundle cannot apply",
+            packages[0].root,
+            "export a .vpkg package (its runtime applies them)",
+        )
     _normalization(trained.normalization)  # refuses what one MONAI transform cannot say, before any loading
     name = name or output.name.removesuffix(".zip")
     models = load_ensemble(model, checkpoint)

@@ -393,7 +393,8 @@ def _epoch_length(package: ModelPackage, time_budget_s: float) -> int:
 
 def _source_settings(package: ModelPackage) -> dict[str, Any]:
     """The source run's resolved settings that the fine-tune keeps (the same patches, batch, augmentation,
-    optimiser and precision), so that the fine-tuned network is trained and validated like its source."""
+    optimiser, precision and network family), so that the fine-tuned network is trained and validated like its
+    source."""
     keep = (
         "batch_size",
         "patch_size",
@@ -405,6 +406,7 @@ def _source_settings(package: ModelPackage) -> dict[str, Any]:
         "augmentation",
         "seed",
         "device",
+        "network",
     )
     saved = package.settings
     settings = {k: saved[k] for k in keep if saved.get(k) is not None}
@@ -465,6 +467,13 @@ def prune_run(
     trained = source.trained
     if not isinstance(trained, TrainedSegmentation) or not isinstance(source.network, UNet):
         raise VesaliusError("only segmentation U-Nets can be pruned", run_dir, "give a segmentation run folder")
+    family = trained.configuration.network
+    if family != "resunet":
+        raise VesaliusError(
+            f"channel pruning knows the residual U-Net's layers only, not those of the '{family}' network",
+            run_dir,
+            "prune a run trained with --network resunet",
+        )
     package = source.package
     saved = package.settings
     fold = saved["fold"]

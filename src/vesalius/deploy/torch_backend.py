@@ -17,6 +17,7 @@ from torch import nn
 
 from vesalius.deploy.export import CLASSIFIER_MODULE
 from vesalius.errors import VesaliusError
+from vesalius.inference.cohort import Shard
 from vesalius.inference.files import ModelInput, classify_cases, segment_cases
 from vesalius.inference.inputs import InputCase
 from vesalius.inference.segmentation import segmenter
@@ -104,9 +105,10 @@ def predict_package_files(
     device: str = "cpu",
     precision: str | None = None,
     on_case: Callable[[InputCase], None] | None = None,
+    shard: Shard | None = None,
 ) -> list[Path] | Path:
-    """Predict every case in ``source`` into ``output`` with the package's torch programs (options as for
-    :meth:`vesalius.runtime.Predictor.predict_files`, plus ``device`` and ``precision``)."""
+    """Predict every case in ``source`` (of ``shard``) into ``output`` with the package's torch programs (options
+    as for :meth:`vesalius.runtime.Predictor.predict_files`, plus ``device`` and ``precision``)."""
     check_device(device)
     with Package(package) as opened:
         contract = opened.contract
@@ -124,8 +126,17 @@ def predict_package_files(
                 total = sum(n(x.to(device)).float().cpu().numpy()[0] for n in networks)
             return np.asarray(total, dtype=np.float64) / len(networks)
 
+        options = {"backend": "torch", "precision": precision}
         return classify_cases(
-            source, output, inputs, classify, contract.class_names, contract.target_type, on_case=on_case
+            source,
+            output,
+            inputs,
+            classify,
+            contract.class_names,
+            contract.target_type,
+            on_case=on_case,
+            shard=shard,
+            options=options,
         )
     assert isinstance(contract, SegmentationContract)
     trained = from_json(TrainedSegmentation, trained_json)
@@ -139,4 +150,15 @@ def predict_package_files(
         precision=precision or contract.precision,
     )
     decision = contract.postprocessing_decision(postprocess=postprocess, fill_holes=fill_holes)
-    return segment_cases(source, output, inputs, segment, contract.labels, postprocessing=decision, on_case=on_case)
+    options = {"fast": fast, "probabilities": probabilities, "backend": "torch", "precision": precision}
+    return segment_cases(
+        source,
+        output,
+        inputs,
+        segment,
+        contract.labels,
+        postprocessing=decision,
+        on_case=on_case,
+        shard=shard,
+        options=options,
+    )

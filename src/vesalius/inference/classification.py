@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vesalius.errors import VesaliusError
+from vesalius.inference.cohort import Shard
 from vesalius.inference.files import ModelInput, classify_cases
 from vesalius.inference.inputs import InputCase
 from vesalius.inference.model import LoadedModel, load_ensemble
@@ -82,8 +83,10 @@ def classify_files(
     device: str = "cpu",
     precision: str | None = None,
     on_case: Callable[[InputCase], None] | None = None,
+    shard: Shard | None = None,
 ) -> Path:
-    """Classify every image in ``source`` with the classifier (or fold ensemble) ``model``; returns the predictions
+    """Classify every image in ``source`` (of ``shard``, :mod:`vesalius.inference.cohort`) with the classifier
+    (or fold ensemble) ``model``; returns the predictions
     CSV (see the module docstring). ``precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``; by default the training
     precision."""
     first = find_packages(model)[0]
@@ -102,7 +105,10 @@ def classify_files(
         return probabilities
 
     inputs = ModelInput(len(trained.channels), trained.spatial_dims, Path(model))
-    return classify_cases(source, output, inputs, classify, names, trained.target_type, on_case=on_case)
+    options = {"checkpoint": checkpoint, "precision": precision}
+    return classify_cases(
+        source, output, inputs, classify, names, trained.target_type, on_case=on_case, shard=shard, options=options
+    )
 
 
 def gradcam_for(model: LoadedModel) -> Any:

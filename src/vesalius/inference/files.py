@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vesalius.errors import VesaliusError
+from vesalius.inference.cohort import Manifest, Shard, input_sha256, model_key
 from vesalius.inference.inputs import InputCase, check_finite, list_inputs, output_path, read_case
 from vesalius.io import Image, image_suffix, write_image
 from vesalius.io.atomic import write_bytes_atomic
@@ -72,44 +73,81 @@ def segment_cases(
     *,
     postprocessing: dict[str, Any] | None = None,
     on_case: Callable[[InputCase], None] | None = None,
+    shard: Shard | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Segment every case in ``source`` into ``output`` with ``segment``; returns the written label files.
+    """Segment every case in ``source`` (of ``shard``) into ``output`` with ``segment``; returns the label files
+    of the shard's cases, those predicted by an earlier run included.
 
     ``output`` is a file path when ``source`` is one case and ``output`` has an image suffix, otherwise a folder
     (created); it may not overwrite the inputs or the model. ``postprocessing``: a decision as in
-    ``postprocessing.json`` (:func:`vesalius.inference.postprocess.apply_postprocessing`).
+    ``postprocessing.json`` (:func:`vesalius.inference.postprocess.apply_postprocessing`). A folder output gets a
+    manifest (:mod:`vesalius.inference.cohort`): cases finished by an earlier run of the same model, ``options``
+    (those that change the result) and inputs are skipped.
     """
-    cases = list_inputs(source, model.channels)
-    single = len(cases) == 1
+    cases = _cases(source, model, shard)
+    single = len(cases) == 1 and shard is None
     kind = "file" if single and image_suffix(Path(output)) else "folder"
     output = check_output(output, [source, model.model], kind=kind)
+    manifest = None if kind == "file" else _manifest(output, model, options, postprocessing)
     written = []
     for case in cases:
         start = time.perf_counter()
+        path = output_path(output, case, single)
+        digest = input_sha256(case) if manifest else ""
+        if manifest and manifest.done(case.case_id, digest, output):
+            written.append(path)
+            case.skipped = True
+            if on_case:
+                on_case(case)
+            continue
         label_map, probabilities = segment(model.read(case))
         if postprocessing:
             from vesalius.inference.postprocess import apply_postprocessing
 
             label_map = label_map.with_array(apply_postprocessing(label_map.array[0], postprocessing)[None])
-        path = output_path(output, case, single)
+        outputs = [path]
         if case.is_dicom_series:  # also a DICOM-SEG that references the series (first: it may be refused)
-            _write_seg(label_map, case, path.parent / f"{case.case_id}_seg.dcm", labels)
+            outputs.append(_write_seg(label_map, case, path.parent / f"{case.case_id}_seg.dcm", labels))
         written.append(write_image(label_map, path))
         if probabilities is not None:
-            write_image(probabilities, path.parent / f"{case.case_id}_probabilities.nii.gz")
+            outputs.append(write_image(probabilities, path.parent / f"{case.case_id}_probabilities.nii.gz"))
         case.seconds = time.perf_counter() - start
+        if manifest:
+            manifest.record(case.case_id, digest, [p.name for p in outputs], case.seconds)
         if on_case:
             on_case(case)
     return written
 
 
-def _write_seg(labels: Image, case: InputCase, path: Path, names: dict[int, str]) -> None:
-    """The label map of a DICOM series case as a DICOM-SEG of that series."""
+def _write_seg(labels: Image, case: InputCase, path: Path, names: dict[int, str]) -> Path:
+    """The label map of a DICOM series case as a DICOM-SEG of that series; returns ``path``."""
     from vesalius.io.dicom import list_series
     from vesalius.io.dicom_seg import write_dicom_seg
 
     (series,) = list_series(case.files[0])  # read_image has read exactly one series from this folder
-    write_dicom_seg(labels, series.files, path, names)
+    return write_dicom_seg(labels, series.files, path, names)
+
+
+def _cases(source: str | Path, model: ModelInput, shard: Shard | None) -> list[InputCase]:
+    """The inputs of ``source``, those of ``shard`` only when given; an empty shard is refused."""
+    cases = list_inputs(source, model.channels)
+    if shard is None:
+        return cases
+    chosen = shard.select(cases)
+    if not chosen:
+        raise VesaliusError(
+            f"shard {shard} holds no case: the input has {len(cases)}", source, "use at most as many shards as cases"
+        )
+    return chosen
+
+
+def _manifest(
+    folder: Path, model: ModelInput, options: Mapping[str, Any] | None, postprocessing: Any = None
+) -> Manifest:
+    """The output folder's manifest, for the model's key (its files and the options that change the result)."""
+    settings = {**(options or {}), "postprocessing": postprocessing}
+    return Manifest(folder, model_key(model.model, settings))
 
 
 def classify_cases(
@@ -121,24 +159,37 @@ def classify_cases(
     target_type: str,
     *,
     on_case: Callable[[InputCase], None] | None = None,
+    shard: Shard | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Classify every image in ``source``; returns the predictions CSV.
+    """Classify every image in ``source`` (of ``shard``); returns the predictions CSV.
 
     ``classify(image, case, folder)`` returns the case's probabilities ``(K,)``; ``folder`` is where the CSV goes
     (for explanations written next to it). ``output``: the CSV path (ending in ``.csv``) or a folder that gets
-    ``predictions.csv``.
+    ``predictions.csv`` (a shard's: ``predictions-shard-I-of-N.csv``) and a manifest, whose finished cases (same
+    model, ``options`` and input) are not classified again: their probabilities come from it.
     """
-    cases = list_inputs(source, model.channels)
+    cases = _cases(source, model, shard)
     output = Path(output)
     as_file = output.suffix.lower() == ".csv"
     suffixes = (".csv",) if as_file else ()
     check_output(output, [source, model.model], kind="file" if as_file else "folder", suffixes=suffixes)
-    csv_path = output if as_file else output / "predictions.csv"
+    name = "predictions.csv" if shard is None else f"predictions-shard-{shard.index}-of-{shard.count}.csv"
+    csv_path = output if as_file else output / name
+    manifest = None if as_file else _manifest(output, model, options)
     rows = []
     for case in cases:
         start = time.perf_counter()
-        rows.append(classify(model.read(case), case, csv_path.parent))
-        case.seconds = time.perf_counter() - start
+        digest = input_sha256(case) if manifest else ""
+        entry = manifest.done(case.case_id, digest, output) if manifest else None
+        if entry is not None and "probabilities" in entry:
+            rows.append(np.asarray(entry["probabilities"], dtype=np.float64))
+            case.skipped = True
+        else:
+            rows.append(classify(model.read(case), case, csv_path.parent))
+            case.seconds = time.perf_counter() - start
+            if manifest:
+                manifest.record(case.case_id, digest, [], case.seconds, probabilities=[float(p) for p in rows[-1]])
         if on_case:
             on_case(case)
     ids, files = [c.case_id for c in cases], [str(c.files[0]) for c in cases]

@@ -21,12 +21,14 @@ __all__ = ["InputCase", "check_finite", "list_inputs", "output_path", "read_case
 
 @dataclass
 class InputCase:
-    """One case to predict: its id, its files (one per channel, or one DICOM folder) and its output suffix."""
+    """One case to predict: its id, its files (one per channel, or one DICOM folder) and its output suffix; after
+    prediction the seconds it took, or ``skipped`` when an earlier run had predicted it."""
 
     case_id: str
     files: list[Path]
     suffix: str = ".nii.gz"
     seconds: float = field(default=0.0, compare=False)
+    skipped: bool = field(default=False, compare=False)  # finished by an earlier run (see inference.cohort)
 
     @property
     def is_dicom_series(self) -> bool:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vesalius.errors import VesaliusError
+from vesalius.inference.cohort import Shard
 from vesalius.inference.files import ModelInput, segment_cases
 from vesalius.inference.image import segment_image
 from vesalius.inference.inputs import InputCase
@@ -53,7 +54,7 @@ def predict_image(
     Args:
         model: the network, on ``device``, or several (an ensemble of folds: their probabilities are averaged).
         image: ``(C, *spatial)`` with the trained channels, on its native grid.
-        trained: the trained configuration: spacing, normalisation, patch, mirror axes, batch and, for a 2D
+        trained: the trained configuration: filters, spacing, normalisation, patch, mirror axes, batch and, for a 2D
             configuration of 3D data, the slice axis (the volume is then predicted slice by slice, slices batched).
         mirror_axes: patch axes to mirror for test-time augmentation; ``None``: the trained ones; ``()``: none.
         step: window step as a fraction of the patch (0.5: windows overlap by half).
@@ -96,6 +97,7 @@ def predict_image(
         configuration.resampling_spacing,
         trained.normalization,
         probabilities_of,
+        filters=trained.filters,
         return_probabilities=return_probabilities,
     )
     return (labels, probabilities) if probabilities is not None else labels
@@ -126,8 +128,10 @@ def segment_files(
     fill_holes: bool = False,
     precision: str | None = None,
     on_case: Callable[[InputCase], None] | None = None,
+    shard: Shard | None = None,
 ) -> list[Path]:
-    """Segment every case in ``source`` into ``output``; returns the written label files (see the module docstring).
+    """Segment every case in ``source`` (of ``shard``, :mod:`vesalius.inference.cohort`) into ``output``; returns
+    the written label files (see the module docstring).
 
     ``model``: a fold's run folder or a folder of folds. ``fast``: no mirroring and a larger window step
     (:data:`FAST_STEP`); ``probabilities``: also write the class probabilities; ``postprocess``: apply the
@@ -147,8 +151,17 @@ def segment_files(
     networks = [m.network for m in models]
     segment = segmenter(networks, trained, fast=fast, probabilities=probabilities, device=device, precision=precision)
     inputs = ModelInput(len(trained.channels), trained.spatial_dims, Path(model))
+    options = {"fast": fast, "probabilities": probabilities, "checkpoint": checkpoint, "precision": precision}
     return segment_cases(
-        source, output, inputs, segment, trained.labels, postprocessing=postprocessing, on_case=on_case
+        source,
+        output,
+        inputs,
+        segment,
+        trained.labels,
+        postprocessing=postprocessing,
+        on_case=on_case,
+        shard=shard,
+        options=options,
     )
 
 

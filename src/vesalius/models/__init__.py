@@ -1,3 +1,4 @@
-from vesalius.models.unet import UNet, build_network
+from vesalius.models.families import build_network
+from vesalius.models.unet import UNet
 
 __all__ = ["UNet", "build_network"]

@@ -17,22 +17,27 @@ training step takes about a third of the time of one with the full-resolution st
 much as MONAI's ``DynUNet`` as nnU-Net sets it up; MONAI's ``UNet`` (no deep supervision) is a little faster than
 the strided layout. The figures are in ``benchmarks/RESULTS.md``.
 
+Two options make the other network families (:mod:`vesalius.models.families`): ``attention_gates`` puts an
+:class:`vesalius.models.attention.AttentionGate` on each skip connection, gated by the upsampled decoder map;
+``stage_units`` and ``decoder_convolutions`` give the encoder stages several residual units each and the decoder
+lighter ones (the residual-encoder U-Net). A stage of one unit is that unit itself, and the gates exist only when
+asked for, so that the residual U-Net's parameter names, and its checkpoints, are those of earlier versions.
+
 Shapes: input ``(B, C, *patch)`` where each patch size is divisible by the product of the strides along its axis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
+from vesalius.models.attention import AttentionGate
 from vesalius.models.norm import fuse_instance_norm_act
-from vesalius.planning.plan import Configuration
 
-__all__ = ["UNet", "build_network"]
+__all__ = ["UNet"]
 
 _NORM = ("INSTANCE", {"affine": True})
 _ACT = ("LEAKYRELU", {"negative_slope": 0.01, "inplace": True})
@@ -42,6 +47,18 @@ def _residual(dims: int, cin: int, cout: int, stride: Sequence[int], kernel: Seq
     return ResidualUnit(
         dims, cin, cout, strides=tuple(stride), kernel_size=tuple(kernel), subunits=units, act=_ACT, norm=_NORM
     )
+
+
+def _stage(
+    dims: int, cin: int, cout: int, stride: Sequence[int], kernel: Sequence[int], convolutions: int, units: int
+) -> nn.Module:
+    """An encoder stage of ``units`` residual units, the first strided; one unit is returned as it is (not wrapped),
+    so that a one-unit stage has the parameter names of earlier versions."""
+    first = _residual(dims, cin, cout, stride, kernel, convolutions)
+    if units == 1:
+        return first
+    rest = (_residual(dims, cout, cout, [1] * dims, kernel, convolutions) for _ in range(units - 1))
+    return nn.Sequential(first, *rest)
 
 
 def _up(dims: int, cin: int, cout: int, stride: Sequence[int]) -> nn.Module:
@@ -64,6 +81,9 @@ class UNet(nn.Module):
         strides: per stage, the downsampling stride per axis (stage 0's is ``1`` in nnU-Net plans).
         kernels: per stage, the kernel size per axis.
         residual_units: convolutions per residual unit.
+        stage_units: per encoder stage, its residual units (default: one each).
+        decoder_convolutions: convolutions of each decoder stage's residual unit (default: ``residual_units``).
+        attention_gates: gate each skip connection with an :class:`~vesalius.models.attention.AttentionGate`.
         deep_supervision: return the lower decoder stages' logits too (training mode only).
         stem: ``"strided"``: stage 0 is computed at the resolution of stage 1's stride (cheap; see the module
             docstring); ``"full"``: stage 0 runs at full resolution.
@@ -80,6 +100,9 @@ class UNet(nn.Module):
         kernels: Sequence[Sequence[int]],
         *,
         residual_units: int = 2,
+        stage_units: Sequence[int] | None = None,
+        decoder_convolutions: int | None = None,
+        attention_gates: bool = False,
         deep_supervision: bool = True,
         stem: str = "strided",
         stem_features: int = 8,
@@ -89,6 +112,10 @@ class UNet(nn.Module):
             raise ValueError("features, strides and kernels need one entry per stage (at least 2)")
         if stem not in ("strided", "full"):
             raise ValueError(f"stem must be 'strided' or 'full', got {stem!r}")
+        stage_units = list(stage_units or [1] * len(features))
+        if len(stage_units) != len(features) or min(stage_units) < 1:
+            raise ValueError("stage_units needs one count of at least 1 per stage")
+        decoder_convolutions = decoder_convolutions or residual_units
         self.deep_supervision = deep_supervision
         self.stem = stem
         dims = spatial_dims
@@ -99,14 +126,20 @@ class UNet(nn.Module):
             strides = [*strides[1:], [1] * dims]
         self.encoder = nn.ModuleList()
         cin = in_channels
-        for f, s, k in zip(features, strides, kernels, strict=True):
-            self.encoder.append(_residual(dims, cin, f, s, k, residual_units))
+        for f, s, k, n in zip(features, strides, kernels, stage_units, strict=True):
+            self.encoder.append(_stage(dims, cin, f, s, k, residual_units, n))
             cin = f
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in range(len(features) - 2, -1, -1):
             self.upsample.append(_up(dims, features[i + 1], features[i], strides[i + 1]))
-            self.decoder.append(_residual(dims, 2 * features[i], features[i], [1] * dims, kernels[i], residual_units))
+            self.decoder.append(
+                _residual(dims, 2 * features[i], features[i], [1] * dims, kernels[i], decoder_convolutions)
+            )
+        self.gates: nn.ModuleList | None = None
+        if attention_gates:  # decoder order, as upsample and decoder; the paper's intermediate width: half
+            decoded_features = [features[i] for i in range(len(features) - 2, -1, -1)]
+            self.gates = nn.ModuleList(AttentionGate(dims, f, f, max(1, f // 2)) for f in decoded_features)
         self.heads = nn.ModuleList(_head(dims, features[i], num_classes) for i in range(len(features) - 1))
         if stem == "strided":
             self.output_up = _up(dims, features[0], stem_features, strides[0])
@@ -121,8 +154,11 @@ class UNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         decoded = []
-        for up, block in zip(self.upsample, self.decoder, strict=True):
-            x = block(torch.cat([up(x), skips.pop()], dim=1))
+        for i, (up, block) in enumerate(zip(self.upsample, self.decoder, strict=True)):
+            upsampled, skip = up(x), skips.pop()
+            if self.gates is not None:
+                skip = self.gates[i](skip, upsampled)
+            x = block(torch.cat([upsampled, skip], dim=1))
             decoded.append(x)
         decoded.reverse()  # highest resolution first
         if self.stem == "strided":
@@ -134,22 +170,3 @@ class UNet(nn.Module):
         if self.training and self.deep_supervision:
             return [top, *lower]
         return top
-
-
-def build_network(configuration: Configuration, in_channels: int, num_classes: int, **overrides: Any) -> UNet:
-    """The U-Net of a plan configuration (``spatial_dims`` from the length of its patch)."""
-    kwargs: dict[str, Any] = {
-        "residual_units": configuration.residual_units,
-        "deep_supervision": configuration.deep_supervision,
-        "stem": configuration.stem,
-    }
-    kwargs.update(overrides)
-    return UNet(
-        configuration.spatial_dims,
-        in_channels,
-        num_classes,
-        list(configuration.features),
-        [list(s) for s in configuration.strides],
-        [list(k) for k in configuration.kernels],
-        **kwargs,
-    )

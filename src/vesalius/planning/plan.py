@@ -1,6 +1,7 @@
 """The plan: what the planner decided for a data set, as typed dataclasses saved as readable JSON.
 
-A segmentation :class:`Plan` holds the normalisation per channel and one :class:`Configuration` per way of
+A segmentation :class:`Plan` holds the normalisation per channel, optional intensity filters per channel
+(:class:`ChannelFilters`: N4 bias-field correction, denoising) and one :class:`Configuration` per way of
 training (``"3d"``, ``"2d"``): spacing, patch, batch, network topology, iterations, mirror axes. A
 :class:`ClassificationPlan` holds the input size, normalisation, network, optimiser and augmentation of a
 classifier. Both are written by :mod:`vesalius.planning.planner` and :mod:`vesalius.planning.classification` and
@@ -16,21 +17,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import write_json_atomic
 from vesalius.io.schema import SchemaError, from_json, load_document, to_json
 
 __all__ = [
+    "NETWORK_FAMILIES",
     "PLAN_VERSION",
+    "BiasField",
     "Budget",
+    "ChannelFilters",
     "ClassificationPlan",
     "ClassifierNetwork",
     "Configuration",
+    "Denoising",
     "Normalization",
     "Plan",
     "TrainingSuggestion",
+    "check_filters",
     "load_any_plan",
 ]
 
@@ -38,6 +44,10 @@ __all__ = [
 PLAN_VERSION = 1
 
 Device = Literal["cpu", "cuda"]
+#: Segmentation network families (:func:`vesalius.models.build_network`): the residual U-Net, the same with
+#: attention gates on its skip connections, and the residual-encoder U-Net.
+NetworkFamily = Literal["resunet", "attention", "resenc"]
+NETWORK_FAMILIES: tuple[str, ...] = get_args(NetworkFamily)
 NORMALIZATION_SCHEMES = ("ct", "zscore", "scale")
 
 
@@ -95,6 +105,70 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class BiasField:
+    """N4 bias-field correction of one channel (:func:`vesalius.preprocessing.filters.correct_bias_field`).
+
+    Attributes:
+        method: ``"n4"``: N4 (Tustison et al., 2010), SimpleITK's ``N4BiasFieldCorrectionImageFilter``.
+        shrink_factor: the field is fitted on the image shrunk by this factor per axis, then evaluated at full
+            resolution.
+        iterations: the most iterations of each fitting level, one entry per level (the B-spline mesh doubles
+            from one level to the next).
+        convergence_threshold: a level stops when the field changes less than this.
+        control_points: B-spline control points per axis at the first level (at least 4: cubic splines).
+    """
+
+    method: Literal["n4"]
+    shrink_factor: int
+    iterations: tuple[int, ...]
+    convergence_threshold: float
+    control_points: int
+
+    def __post_init__(self) -> None:
+        if self.shrink_factor < 1:
+            raise SchemaError("shrink_factor", "must be at least 1")
+        if not self.iterations or any(n < 1 for n in self.iterations):
+            raise SchemaError("iterations", "needs at least one level of at least one iteration")
+        if not self.convergence_threshold > 0:
+            raise SchemaError("convergence_threshold", "must be positive")
+        if self.control_points < 4:
+            raise SchemaError("control_points", "must be at least 4 (cubic B-splines)")
+
+
+@dataclass(frozen=True)
+class Denoising:
+    """Edge-preserving denoising of one channel (:func:`vesalius.preprocessing.filters.denoise`).
+
+    Attributes:
+        method: ``"curvature_flow"`` (iso-intensity contours move by their curvature) or ``"anisotropic"``
+            (curvature anisotropic diffusion: little diffusion across strong gradients).
+        iterations: time steps (each the largest stable one for the image's spacing).
+        conductance: ``anisotropic`` only: what counts as a strong gradient, relative to the image's mean gradient.
+    """
+
+    method: Literal["curvature_flow", "anisotropic"]
+    iterations: int
+    conductance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise SchemaError("iterations", "must be at least 1")
+        if (self.conductance is not None) != (self.method == "anisotropic"):
+            raise SchemaError("conductance", "the 'anisotropic' method needs it, 'curvature_flow' takes none")
+        if self.conductance is not None and not self.conductance > 0:
+            raise SchemaError("conductance", "must be positive")
+
+
+@dataclass(frozen=True)
+class ChannelFilters:
+    """The intensity filters of one channel, applied on the image's own grid before resampling and normalisation
+    (:mod:`vesalius.preprocessing.filters`): the bias field first, then denoising; ``None``: not applied."""
+
+    bias_field: BiasField | None = None
+    denoise: Denoising | None = None
+
+
+@dataclass(frozen=True)
 class Budget:
     """The compute the plan was sized for: device, training wall time (seconds) and memory (GB)."""
 
@@ -131,6 +205,8 @@ class Configuration:
         deep_supervision: train with losses at every decoder resolution.
         stem: ``"full"`` (a first stage at full resolution) or ``"strided"``.
         residual_units: convolutions per residual unit.
+        network: the network family, one of :data:`NETWORK_FAMILIES` (plans and models of earlier versions,
+            without it, are ``"resunet"``).
         mirror_axes: patch axes that augmentation and test-time augmentation may mirror.
         slice_axis: 2D configurations of 3D data: the axis across which the volume is cut into slices.
         spacing_full: 2D configurations of 3D data: the target spacing of all three axes.
@@ -147,6 +223,7 @@ class Configuration:
     deep_supervision: bool = True
     stem: Literal["full", "strided"] = "strided"
     residual_units: int = 2
+    network: NetworkFamily = "resunet"
     mirror_axes: tuple[int, ...] = ()
     slice_axis: int | None = None
     spacing_full: tuple[float, ...] | None = None
@@ -199,6 +276,7 @@ class Plan(_PlanFile):
         budget: the compute the plan was sized for.
         training: the suggested optimiser and schedule.
         configurations: ``"3d"`` (3D data) and ``"2d"``.
+        filters: one entry per channel (bias-field correction, denoising), or ``None`` (none: the default).
     """
 
     dataset: str
@@ -209,11 +287,13 @@ class Plan(_PlanFile):
     budget: Budget
     configurations: dict[str, Configuration]
     training: TrainingSuggestion = field(default_factory=TrainingSuggestion)
+    filters: tuple[ChannelFilters, ...] | None = None
     task: Literal["segmentation"] = "segmentation"
     vesalius_plan: int = PLAN_VERSION
 
     def __post_init__(self) -> None:
         _check_common(self.vesalius_plan, self.channels, self.normalization, self.labels)
+        check_filters(self.filters, self.normalization)
         if not self.configurations:
             raise SchemaError("configurations", "the plan needs at least one configuration")
 
@@ -315,6 +395,21 @@ def _check_common(version: int, channels: tuple[str, ...], normalization: tuple[
         raise SchemaError("normalization", f"needs one entry per channel ({len(channels)})")
     if not labels:
         raise SchemaError("labels", "the plan needs labels")
+
+
+def check_filters(filters: tuple[ChannelFilters, ...] | None, normalization: tuple[Normalization, ...]) -> None:
+    """Refuse filters that are not one entry per channel, or a bias-field correction of a channel whose
+    normalisation is not the per-image z-score: N4 rescales each image by a field of arbitrary scale, which only a
+    per-image normalisation removes (the ``ct`` and ``scale`` schemes rely on absolute intensities)."""
+    if filters is None:
+        return
+    if len(filters) != len(normalization):
+        raise SchemaError("filters", f"needs one entry per channel ({len(normalization)})")
+    for c, (channel, scheme) in enumerate(zip(filters, normalization, strict=True)):
+        if channel.bias_field is not None and scheme.scheme != "zscore":
+            raise SchemaError(
+                f"filters[{c}].bias_field", f"needs the 'zscore' normalisation (the channel's is '{scheme.scheme}')"
+            )
 
 
 def load_any_plan(path: Path) -> Plan | ClassificationPlan:

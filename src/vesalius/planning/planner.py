@@ -2,9 +2,10 @@
 
 A plan (:class:`vesalius.planning.plan.Plan`) holds the normalisation per channel and one configuration per way of
 training (``"2d"``, ``"3d"``): target spacing, patch size, batch size, strides and kernels per stage, features per
-stage, the number of iterations the budget allows, the layout of the first stage (``stem``) and the axes
-augmentation may mirror (in the configuration's patch axes); ``training`` suggests the optimizer and schedule for
-the planned device. Every number comes from a rule in :mod:`vesalius.planning.rules`.
+stage, the number of iterations the budget allows, the network family (``network``), the layout of the first stage
+(``stem``) and the axes augmentation may mirror (in the configuration's patch axes); ``training`` suggests the
+optimizer and schedule for the planned device; ``filters``, only when asked for (``n4``, ``denoise``), the intensity
+filters of each channel. Every number comes from a rule in :mod:`vesalius.planning.rules`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from vesalius.planning.plan import Plan
 from vesalius.planning.rules import (
     Rules,
     features_per_stage,
+    intensity_filters,
     load_rules,
     mirror_axes,
+    network_family,
     network_stem,
     normalization,
     patch_and_batch,
@@ -43,10 +46,14 @@ def make_plan(
     time_budget_s: float | None = None,
     memory_gb: float | None = None,
     rules: Rules | None = None,
+    n4: bool = False,
+    denoise: str | None = None,
 ) -> Plan:
-    """The plan for ``dataset`` on ``device`` within ``time_budget_s`` seconds."""
+    """The plan for ``dataset`` on ``device`` within ``time_budget_s`` seconds; ``n4`` and ``denoise`` ask for
+    intensity filters (:func:`vesalius.planning.rules.intensity_filters`)."""
     rules = rules or load_rules()
     dev_key = check_compute(device, time_budget_s, memory_gb)
+    check_denoising(denoise, rules)
     budget = float(time_budget_s or rules["default_time_budget_s"][dev_key])
     memory = float(memory_gb or rules["devices"][dev_key]["memory_gb"])
     spacings = np.asarray(fingerprint.spacings, dtype=float)
@@ -89,6 +96,12 @@ def make_plan(
         normalization(m, fingerprint.crop_shrink, fingerprint.intensity[i], rules)
         for i, m in enumerate(fingerprint.modalities)
     ]
+    if n4 and not any(n["scheme"] == "zscore" for n in norms):
+        raise VesaliusError(
+            f"N4 corrects the bias field of MRI-like channels; '{dataset.name}' has "
+            f"{', '.join(fingerprint.modalities)} (normalised as {', '.join(n['scheme'] for n in norms)})",
+            remedy="plan without --n4",
+        )
     return Plan.from_json(
         {
             "dataset": dataset.name,
@@ -99,8 +112,16 @@ def make_plan(
             "budget": {"device": dev_key, "time_budget_s": budget, "memory_gb": memory},
             "training": training_defaults(dev_key, rules),
             "configurations": configurations,
+            "filters": intensity_filters(norms, n4, denoise, rules),
         }
     )
+
+
+def check_denoising(denoise: str | None, rules: Rules) -> None:
+    """Refuse a denoising method that ``intensity_filters`` does not name."""
+    methods = [m for m in rules["intensity_filters"] if m != "n4"]
+    if denoise is not None and denoise not in methods:
+        raise VesaliusError(f"unknown denoising method '{denoise}'", remedy=f"use --denoise {' or '.join(methods)}")
 
 
 def _configuration(
@@ -131,6 +152,7 @@ def _configuration(
         "features": features_per_stage(len(strides), device, key, rules),
         "iterations": iterations,
         "deep_supervision": True,
+        "network": network_family(device, key, rules),
         **stem,
     }
 
@@ -158,9 +180,13 @@ def plan_dataset(
     time_budget_s: float | None = None,
     memory_gb: float | None = None,
     workers: int = 2,
+    n4: bool = False,
+    denoise: str | None = None,
 ) -> tuple[Plan, Path]:
-    """Fingerprint (cached) and plan an imported segmentation data set; returns the plan and its path."""
+    """Fingerprint (cached) and plan an imported segmentation data set; returns the plan and its path. ``n4`` and
+    ``denoise``: intensity filters (:func:`make_plan`)."""
     check_compute(device, time_budget_s, memory_gb)  # before minutes of fingerprinting
+    check_denoising(denoise, load_rules())
     ws = Workspace.resolve(workspace)
     dataset = Dataset.load(ws.dataset_dir(name))
     if dataset.task != "segmentation":
@@ -174,7 +200,9 @@ def plan_dataset(
     if fresh:
         fingerprint = compute_fingerprint(dataset, workers=workers)
     assert fingerprint is not None
-    plan = make_plan(fingerprint, dataset, device=device, time_budget_s=time_budget_s, memory_gb=memory_gb)
+    plan = make_plan(
+        fingerprint, dataset, device=device, time_budget_s=time_budget_s, memory_gb=memory_gb, n4=n4, denoise=denoise
+    )
     if fresh:  # written once the plan is made: a data set that cannot be planned leaves nothing behind
         write_json_atomic(fp_path, fingerprint.to_json())
     return plan, plan.save(ws.plan_path(name))

@@ -1,6 +1,7 @@
 """Preprocess a data set for one plan configuration, and put predictions back on the original grid.
 
-Per case: crop to the non-zero region (all channels), resample to the plan's spacing, normalise, and save
+Per case: crop to the non-zero region (all channels), apply the plan's intensity filters if any (N4 bias-field
+correction, denoising: :mod:`vesalius.preprocessing.filters`), resample to the plan's spacing, normalise, and save
 ``CASE.npy`` (float32 ``(C, *spatial)``), ``CASE_seg.npy`` (uint8 ``(1, *spatial)``) and ``CASE.json`` (crop box,
 original geometry and shape, the grid after cropping and after resampling). The arrays are memory-mappable
 (``np.load(mmap_mode="r")``). Cases are processed in parallel processes, one case in memory per process.
@@ -20,16 +21,26 @@ from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image
 from vesalius.io.atomic import atomic_path, write_json_atomic
 from vesalius.io.image import nonzero_box
-from vesalius.planning.plan import Normalization, Plan
+from vesalius.planning.plan import ChannelFilters, Normalization, Plan
+from vesalius.preprocessing.filters import apply_filters
 from vesalius.preprocessing.normalize import normalize
 from vesalius.preprocessing.spatial import crop, grid_for_spacing, resample_to, uncrop
 from vesalius.workspace import Workspace
 
 
 def preprocess_image(
-    image: Image, label: Image | None, spacing: Sequence[float], normalization: Sequence[Normalization]
+    image: Image,
+    label: Image | None,
+    spacing: Sequence[float],
+    normalization: Sequence[Normalization],
+    filters: Sequence[ChannelFilters] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Crop to the non-zero region, resample to ``spacing`` (every image axis) and normalise one case.
+    """Crop to the non-zero region, filter (``filters``: one entry per channel, or ``None``), resample to
+    ``spacing`` (every image axis) and normalise one case.
+
+    The filters run on the cropped image's own grid, before resampling and normalisation (why:
+    :mod:`vesalius.preprocessing.filters`); the crop box and the non-zero mask are those of the image as given, so
+    that denoising, which spreads intensities into the zero background, changes neither.
 
     Returns the image array ``(C, *resampled)``, the label array ``(1, *resampled)`` or ``None``, and the
     properties that :func:`restore_to_original` needs (crop box, geometries and shapes).
@@ -38,6 +49,8 @@ def preprocess_image(
     box = nonzero_box(image.array)
     cropped = crop(image, box)
     nonzero = np.any(cropped.array != 0, axis=0)
+    if filters is not None:
+        cropped = cropped.with_array(apply_filters(cropped.array, cropped.geometry.spacing, filters))
     shape, geometry = grid_for_spacing(cropped, spacing)
     resampled = resample_to(cropped, shape, geometry)
     mask = None
@@ -79,7 +92,7 @@ def _preprocess_one(args: tuple[Dataset, Case, Plan, str, Path]) -> str:
     dataset, case, plan, config, folder = args
     image, label = dataset.read_case(case)
     spacing = plan.configuration(config).resampling_spacing
-    data, seg, properties = preprocess_image(image, label, spacing, plan.normalization)
+    data, seg, properties = preprocess_image(image, label, spacing, plan.normalization, plan.filters)
     _save_npy(folder / f"{case.case_id}.npy", data)
     if seg is not None:
         _save_npy(folder / f"{case.case_id}_seg.npy", seg)
@@ -88,11 +101,12 @@ def _preprocess_one(args: tuple[Dataset, Case, Plan, str, Path]) -> str:
 
 
 def _preprocessing_settings(plan: Plan, config: str) -> dict[str, Any]:
-    """The parts of a plan that a preprocessed case depends on (target spacing, normalisation, channels)."""
+    """The parts of a plan that a preprocessed case depends on (target spacing, normalisation, channels, filters)."""
     return {
         "spacing": plan.configuration(config).resampling_spacing,
         "normalization": plan.normalization,
         "channels": plan.channels,
+        "filters": plan.filters,
     }
 
 
@@ -126,8 +140,8 @@ def preprocess_dataset(
 
     Resumable: cases already done (their ``.json`` exists) are skipped, and temporary files of writes a killed run
     left unfinished are removed. The folder's ``plan.json`` records the
-    plan the cases were made with; when the plan's spacing, normalisation or channels changed since, the cached
-    cases are made again.
+    plan the cases were made with; when the plan's spacing, normalisation, channels or filters changed since, the
+    cached cases are made again.
     """
     from vesalius.planning.planner import load_plan
 

@@ -599,32 +599,36 @@ def _curves(rows: list[dict[str, float]], points: list[dict[str, float]]) -> tup
 
     Against the iteration: the training loss (and learning rate) of each point of the iteration log ``points``
     (``log_iterations.csv``), and the per-epoch rows of ``log.csv`` (``rows``: validation loss, pseudo-Dice or
-    AUC) as marked points at the iteration where each epoch ended. A log without the iteration log (a run of an
-    older Vesalius) is drawn per epoch.
+    AUC) as marked points at the iteration where each epoch ended; adversarial training's columns (``adv_*``:
+    discriminator and generator losses, discriminator accuracies; from the iteration log) in a panel of their own.
+    A log without the iteration log (a run of an older Vesalius) is drawn per epoch.
     """
     x_key = "iteration" if "iteration" in rows[0] else "epoch" if "epoch" in rows[0] else next(iter(rows[0]))
     if x_key != "iteration":
         points = []
     x = [r[x_key] for r in rows]
-    skip = {x_key, "epoch", "iteration", "elapsed_s", "lr"}
+    adversarial = [k for k in rows[0] if k.startswith("adv_")]
+    skip = {x_key, "epoch", "iteration", "elapsed_s", "lr", *adversarial}
     groups = {
         "loss": [k for k in rows[0] if "loss" in k and k not in skip],
         "score": [k for k in rows[0] if "loss" not in k and k not in skip],
+        "adversarial": adversarial,
     }
     plt = _figure()
-    panels = [g for g in ("loss", "score") if groups[g]] + (["lr"] if "lr" in rows[0] else [])
+    panels = [g for g in ("loss", "score", "adversarial") if groups[g]] + (["lr"] if "lr" in rows[0] else [])
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     every = int(max(p["iterations"] for p in points)) if points else 0
     spacing = "every iteration" if every == 1 else f"every {every} iterations"
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         for key in groups.get(panel, ["lr"]):
-            if points and key in ("train_loss", "lr"):
+            if points and (key in ("train_loss", "lr") or (key in adversarial and key in points[0])):
                 label = f"{key} ({spacing})" if key == "train_loss" else key
                 ax.plot([p["iteration"] for p in points], [p[key] for p in points], label=label, linewidth=1)
                 continue
             style = "--" if key == "dice_mean" else "-"
             ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key, linestyle=style, marker=".")
-        ax.set_ylabel({"loss": "loss", "score": "validation score", "lr": "learning rate"}[panel])
+        labels = {"loss": "loss", "score": "validation score", "adversarial": "adversarial", "lr": "learning rate"}
+        ax.set_ylabel(labels[panel])
         if panel != "lr":
             ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel(x_key)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from vesalius.errors import VesaliusError
 from vesalius.io.schema import SchemaError, from_json
-from vesalius.planning.plan import Normalization
+from vesalius.planning.plan import ChannelFilters, Normalization, check_filters
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -113,6 +113,9 @@ class SegmentationContract:
             ``zscore`` with ``use_nonzero_mask`` uses the image's non-zero region (all channels) and sets the outside
             to 0.
         crop: ``nonzero``: the image is first cropped to the bounding box of its non-zero voxels (all channels).
+        filters: per channel, intensity filters applied to the cropped image on its own grid, before resampling
+            (:mod:`vesalius.preprocessing.filters`: N4 bias-field correction, then edge-preserving denoising, with
+            the parameters given); ``None``: none. The non-zero mask is that of the image before filtering.
         spacing: the grid the network works on: the cropped image is resampled to it (every image axis), keeping the
             corner of the first voxel; linear interpolation, except across the coarse axis of anisotropic images
             (one spacing above ``anisotropy_ratio`` times the finest), where it is nearest neighbour.
@@ -137,6 +140,7 @@ class SegmentationContract:
     window: SlidingWindow
     labels: dict[int, str]
     postprocessing: Postprocessing | None = None
+    filters: tuple[ChannelFilters, ...] | None = None
     crop: Literal["nonzero"] = "nonzero"
     anisotropy_ratio: float = 3.0
     output: Literal["input-grid"] = "input-grid"
@@ -144,6 +148,9 @@ class SegmentationContract:
     versions: dict[str, str] = field(default_factory=dict)
     task: Literal["segmentation"] = "segmentation"
     schema_version: int = CONTRACT_VERSION
+
+    def __post_init__(self) -> None:
+        check_filters(self.filters, self.normalization)
 
     def postprocessing_decision(self, *, postprocess: bool = True, fill_holes: bool = False) -> dict[str, object]:
         """The post-processing to apply (:func:`vesalius.inference.postprocess.apply_postprocessing`): the package's

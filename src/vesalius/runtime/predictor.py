@@ -1,11 +1,12 @@
 """Predict with an exported package on ONNX Runtime: NumPy, SciPy, SimpleITK and ONNX Runtime, no torch, no MONAI.
 
 :class:`Predictor` opens a package (its members checked, :class:`vesalius.runtime.package.Package`), starts one
-ONNX Runtime session per fold and does what the contract says around them: for segmentation the crop, resampling and
-normalisation of training, Gaussian-weighted sliding windows with mirroring (:mod:`vesalius.inference.windows`,
-placed as the torch path places them), the fold average, the label map back on the input's grid and the
-post-processing; for classification the normalisation and resize of training and the fold average of the graph's
-probabilities. The preprocessing code is the training code itself (no copy), so both backends see the same arrays.
+ONNX Runtime session per fold and does what the contract says around them: for segmentation the crop, intensity
+filters, resampling and normalisation of training, Gaussian-weighted sliding windows with mirroring
+(:mod:`vesalius.inference.windows`, placed as the torch path places them), the fold average, the label map back on
+the input's grid and the post-processing; for classification the normalisation and resize of training and the fold
+average of the graph's probabilities. The preprocessing code is the training code itself (no copy), so both
+backends see the same arrays.
 
 Example::
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vesalius.errors import VesaliusError
+from vesalius.inference.cohort import Shard
 from vesalius.inference.files import ModelInput, classify_cases, segment_cases
 from vesalius.inference.image import segment_image
 from vesalius.inference.inputs import InputCase
@@ -130,7 +132,12 @@ class Predictor:
             return total / len(self._sessions)
 
         labels, probabilities = segment_image(
-            image, contract.spacing, contract.normalization, probabilities_of, return_probabilities=return_probabilities
+            image,
+            contract.spacing,
+            contract.normalization,
+            probabilities_of,
+            filters=contract.filters,
+            return_probabilities=return_probabilities,
         )
         decision = self._segmentation().postprocessing_decision(postprocess=postprocess, fill_holes=fill_holes)
         if decision:
@@ -170,10 +177,11 @@ class Predictor:
         postprocess: bool = True,
         fill_holes: bool = False,
         on_case: Callable[[InputCase], None] | None = None,
+        shard: Shard | None = None,
     ) -> list[Path] | Path:
-        """Predict every case in ``source`` into ``output`` as ``vesalius predict`` does
-        (:mod:`vesalius.inference.files`): the written label maps (segmentation) or the predictions CSV
-        (classification). Segmentation options are refused for a classifier."""
+        """Predict every case in ``source`` (of ``shard``, :mod:`vesalius.inference.cohort`) into ``output`` as
+        ``vesalius predict`` does (:mod:`vesalius.inference.files`): the written label maps (segmentation) or the
+        predictions CSV (classification). Segmentation options are refused for a classifier."""
         contract = self.contract
         inputs = ModelInput(len(contract.channels), contract.spatial_dims, self.path)
         if isinstance(contract, ClassificationContract):
@@ -190,6 +198,7 @@ class Predictor:
                 contract.class_names,
                 contract.target_type,
                 on_case=on_case,
+                shard=shard,
             )
 
         def segment(image: Image) -> tuple[Image, Image | None]:
@@ -198,5 +207,13 @@ class Predictor:
 
         decision = contract.postprocessing_decision(postprocess=postprocess, fill_holes=fill_holes)
         return segment_cases(
-            source, output, inputs, segment, contract.labels, postprocessing=decision or None, on_case=on_case
+            source,
+            output,
+            inputs,
+            segment,
+            contract.labels,
+            postprocessing=decision or None,
+            on_case=on_case,
+            shard=shard,
+            options={"fast": fast, "probabilities": probabilities, "backend": "onnxruntime"},
         )

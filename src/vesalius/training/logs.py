@@ -37,6 +37,8 @@ class TrainingLog:
         rows: rows of earlier epochs (from a checkpoint, when resuming).
         tensorboard_dir: where to write TensorBoard events, or ``None``.
         metrics: the validation columns to plot instead of the Dice columns (classification: ``val_auc``, ...).
+        adversarial: the columns of adversarial training (:data:`vesalius.training.adversarial.COLUMNS`), drawn in a
+            panel of their own.
     """
 
     def __init__(
@@ -47,11 +49,13 @@ class TrainingLog:
         rows: Sequence[dict[str, float]] = (),
         tensorboard_dir: Path | None = None,
         metrics: Sequence[str] = (),
+        adversarial: Sequence[str] = (),
     ) -> None:
         self.csv_path = csv_path
         self.plot_path = plot_path
         self.class_names = list(class_names)
         self.metrics = list(metrics)
+        self.adversarial = list(adversarial)
         self.rows: list[dict[str, float]] = [dict(r) for r in rows]
         self._writer: Any = None
         if tensorboard_dir is not None:
@@ -77,14 +81,16 @@ class TrainingLog:
         self.plot()
 
     def plot(self) -> None:
-        """The plot: losses, pseudo-Dice per class (or the ``metrics``) and learning rate against the epoch."""
+        """The plot: losses, pseudo-Dice per class (or the ``metrics``), the adversarial columns (where the run
+        has them) and learning rate against the epoch."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         epochs = [r["epoch"] for r in self.rows]
-        fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+        panels = 4 if self.adversarial else 3
+        fig, axes = plt.subplots(panels, 1, figsize=(8, 3 * panels), sharex=True)
         axes[0].plot(epochs, [r["train_loss"] for r in self.rows], label="train loss")
         if any("val_loss" in r for r in self.rows):
             axes[0].plot(epochs, [r.get("val_loss", float("nan")) for r in self.rows], label="validation loss")
@@ -101,9 +107,14 @@ class TrainingLog:
             axes[1].legend()
         axes[1].set_ylabel("validation" if self.metrics else "validation pseudo-Dice")
         axes[1].set_ylim(0, 1)
-        axes[2].plot(epochs, [r["lr"] for r in self.rows])
-        axes[2].set_ylabel("learning rate")
-        axes[2].set_xlabel("epoch")
+        if self.adversarial:
+            for key in self.adversarial:
+                axes[2].plot(epochs, [r.get(key, float("nan")) for r in self.rows], label=key)
+            axes[2].set_ylabel("adversarial")
+            axes[2].legend()
+        axes[-1].plot(epochs, [r["lr"] for r in self.rows])
+        axes[-1].set_ylabel("learning rate")
+        axes[-1].set_xlabel("epoch")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
@@ -125,7 +136,8 @@ def iteration_log_interval(iterations_per_epoch: int, planned_iterations: int) -
 
 
 class IterationLog:
-    """The training loss every few iterations (``log_iterations.csv``, columns :data:`ITERATION_COLUMNS`).
+    """The training loss every few iterations (``log_iterations.csv``, columns :data:`ITERATION_COLUMNS`, then
+    ``extra`` columns: adversarial training's, :data:`vesalius.training.adversarial.COLUMNS`).
 
     Rows are appended and flushed as they come; :meth:`sync` makes them durable before a checkpoint records their
     count. A run resumed from a checkpoint opens the log with the count it recorded (``keep``): rows written after
@@ -133,11 +145,12 @@ class IterationLog:
     rewrite. :attr:`points` is the number of rows.
     """
 
-    def __init__(self, path: Path, keep: int = 0) -> None:
-        rows = self._read_rows(path)[:keep]
+    def __init__(self, path: Path, keep: int = 0, extra: Sequence[str] = ()) -> None:
+        self.columns = (*ITERATION_COLUMNS, *extra)
+        rows = self._read_rows(path, len(self.columns))[:keep]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(ITERATION_COLUMNS)
+        writer.writerow(self.columns)
         writer.writerows(rows)
         write_bytes_atomic(path, buffer.getvalue().encode())
         self.points = len(rows)
@@ -145,8 +158,9 @@ class IterationLog:
         self._writer = csv.writer(self._file, lineterminator="\n")
 
     @staticmethod
-    def _read_rows(path: Path) -> list[list[str]]:
-        """The complete rows of an existing log (up to a row a kill cut short), without the header."""
+    def _read_rows(path: Path, width: int = len(ITERATION_COLUMNS)) -> list[list[str]]:
+        """The complete rows (of ``width`` numbers) of an existing log (up to a row a kill cut short), without the
+        header."""
         if not path.is_file():
             return []
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
@@ -157,14 +171,14 @@ class IterationLog:
                 values = [float(v) for v in row]
             except ValueError:
                 break
-            if len(values) != len(ITERATION_COLUMNS):
+            if len(values) != width:
                 break
             complete.append(row)
         return complete
 
     def add(self, row: dict[str, float]) -> None:
-        """Append one point (a dict with the :data:`ITERATION_COLUMNS`)."""
-        self._writer.writerow([row[key] for key in ITERATION_COLUMNS])
+        """Append one point (a dict with the :attr:`columns`)."""
+        self._writer.writerow([row[key] for key in self.columns])
         self._file.flush()
         self.points += 1
 

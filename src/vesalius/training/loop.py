@@ -20,6 +20,10 @@ figures and which epoch is best. Everything else lives here, once:
   :class:`~vesalius.training.logs.IterationLog`), so that a run of a few long epochs still has a learning curve;
 * **stopping**: after the epochs (or iterations), when the time budget is spent (also mid-epoch), or when the
   head says so (early stopping);
+* **adversarial training** (segmentation, ``--adversarial``): the head's
+  :class:`~vesalius.training.adversarial.Adversary` adds its term to the step's loss and takes a discriminator step
+  after the network's; the discriminator and its optimiser are in ``checkpoint_latest.pt``, never in the trained
+  model; its figures are log columns;
 * **the record** (``outcome.json``, :class:`~vesalius.model_package.TrainingOutcome`): the epochs and iterations
   actually run and why the run stopped (the settings only say what was planned), written when the run starts,
   after each epoch and at its end (also when it is interrupted or fails), so that it matches the latest checkpoint.
@@ -48,6 +52,8 @@ from torch import nn
 from vesalius.errors import VesaliusError
 from vesalius.model_package import ModelPackage, Resume, TrainingOutcome
 from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
+from vesalius.training.adversarial import COLUMNS as ADVERSARIAL_COLUMNS
+from vesalius.training.adversarial import Adversary
 from vesalius.training.logs import IterationLog, TrainingLog, iteration_log_interval
 from vesalius.training.schedule import learning_rate
 from vesalius.training.settings import Settings
@@ -111,6 +117,11 @@ class TaskHead(ABC):
     @abstractmethod
     def build_model(self) -> nn.Module:
         """The network, freshly initialised (the loop seeds torch first)."""
+
+    def build_adversary(self, device: torch.device, dtype: torch.dtype | None) -> Adversary | None:
+        """The discriminator of adversarial training on ``device`` with autocast ``dtype``, or ``None`` (no
+        adversarial training: the default)."""
+        return None
 
     def start_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called before the first step of each epoch."""
@@ -179,6 +190,7 @@ class TrainingLoop:
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.adversary = head.build_adversary(self.device, self.dtype)
         self.epoch = 0
         self.iteration = 0
         self.elapsed_s = 0.0
@@ -218,6 +230,7 @@ class TrainingLoop:
             "torch_rng": torch.get_rng_state(),
             "head": self.head.state(),
             "training": self.settings.to_dict(),
+            **({} if self.adversary is None else {"adversary": self.adversary.state()}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -245,6 +258,8 @@ class TrainingLoop:
         self.resumed = [(int(e), int(i)) for e, i in state.get("resumed", [])]
         torch.set_rng_state(state["torch_rng"])
         self.head.load_state(state["head"])
+        if self.adversary is not None:
+            self.adversary.load_state(state["adversary"])
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -255,18 +270,27 @@ class TrainingLoop:
             return self.model(x.contiguous(memory_format=self.memory_format))
 
     def train_step(self, step: int, lr: float) -> float:
+        """One step of the network (and of the discriminator, in adversarial training); returns the head's loss
+        (without the adversarial term, so that it compares with runs without one)."""
         x, y = self.head.batch(self.iteration, step, self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.head.loss(self._forward(x), y)
-        if not torch.isfinite(loss):
-            self._report_non_finite(loss, x)
+        outputs = self._forward(x)
+        loss = total = self.head.loss(outputs, y)
+        progress = self.iteration / (self.total or self.planned)
+        adversarial = None if self.adversary is None else self.adversary.generator_loss(x, outputs, progress)
+        if adversarial is not None:
+            total = loss + adversarial
+        if not torch.isfinite(total):
+            self._report_non_finite(total, x)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.head.gradient_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.adversary is not None:
+            self.adversary.discriminator_step(x, outputs, y, progress, self.iteration)
         return float(loss.detach())
 
     def _report_non_finite(self, loss: torch.Tensor, x: torch.Tensor) -> None:
@@ -303,9 +327,14 @@ class TrainingLoop:
                 self.rows,
                 tensorboard_dir=self.package.tensorboard_dir,
                 metrics=head.log_metrics,
+                adversarial=() if self.adversary is None else ADVERSARIAL_COLUMNS,
             )
             stack.callback(log.close)
-            points = IterationLog(self.package.log_iterations_csv, keep=self.log_points)
+            points = IterationLog(
+                self.package.log_iterations_csv,
+                keep=self.log_points,
+                extra=() if self.adversary is None else ADVERSARIAL_COLUMNS,
+            )
             stack.callback(points.close)
             self.log_points = points.points  # fewer where a crash lost rows the checkpoint counted
             try:
@@ -352,6 +381,8 @@ class TrainingLoop:
                     if reason:
                         return reason
                     self.epoch_first, self.epoch_losses = self.iteration, []
+                    if self.adversary is not None:
+                        self.adversary.new_epoch()
                 head.start_epoch(self.epoch)
                 self._steps(min(self.epoch_first + per_epoch, total), total, bar, points)
                 if len(self.epoch_losses) % self.log_every:  # the epoch's last, shorter point
@@ -362,6 +393,7 @@ class TrainingLoop:
                     "elapsed_s": 0.0,
                     "lr": self.lr,
                     "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+                    **({} if self.adversary is None else self.adversary.means()),
                 }
                 start = time.perf_counter()
                 row.update(self.validate())
@@ -420,6 +452,7 @@ class TrainingLoop:
                 "train_loss": float(np.mean(self.epoch_losses[-steps:])),
                 "lr": self.lr,
                 "elapsed_s": round(self.elapsed_s, 3),
+                **({} if self.adversary is None else self.adversary.means(steps)),
             }
         )
         self.log_points += 1

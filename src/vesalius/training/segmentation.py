@@ -10,9 +10,10 @@ fold on the original grids.
 
 The run saves its trained configuration (:class:`vesalius.model_package.TrainedSegmentation`): the plan's
 configuration with the patch, batch and mirror axes this run trained with, its features scaled by the run's
-``width``, and its precision, so that validation and prediction use exactly those. A run may start from given
-weights (``initial_weights``: fine-tuning, e.g. a pruned network, :mod:`vesalius.deploy.prune`) instead of random
-ones.
+``width``, its network family (:mod:`vesalius.models.families`), and its precision, so that validation and
+prediction use exactly those. A run may start from given weights (``initial_weights``: fine-tuning, e.g. a pruned
+network, :mod:`vesalius.deploy.prune`) instead of random ones. With ``adversarial`` above 0 a discriminator
+trains alongside as an aid (:mod:`vesalius.training.adversarial`); the trained model does not contain it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from vesalius.model_package import ModelPackage, TrainedSegmentation, versions
 from vesalius.models import build_network
 from vesalius.planning.plan import Plan
 from vesalius.planning.planner import load_plan
+from vesalius.training.adversarial import Adversary, discriminator_layers
 from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult, step_seed
 from vesalius.training.settings import SegmentationSettings, resumed_settings
 from vesalius.workspace import Workspace
@@ -48,7 +50,7 @@ EMA_WEIGHT = 0.9
 
 def trained_configuration(plan: Plan, settings: SegmentationSettings) -> TrainedSegmentation:
     """What a run with resolved ``settings`` trains: the plan's configuration with the run's patch, batch, mirror
-    axes and features (scaled by its width), and the run's precision."""
+    axes, features (scaled by its width) and network family, and the run's precision."""
     configuration = plan.configuration(settings.config)
     augmentation = dict(settings.augmentation or {})
     mirror = tuple(int(a) for a in augmentation.get("mirror_axes", configuration.mirror_axes))
@@ -64,9 +66,11 @@ def trained_configuration(plan: Plan, settings: SegmentationSettings) -> Trained
             batch_size=int(settings.batch_size or configuration.batch_size),
             mirror_axes=mirror,
             features=settings.scaled_features(configuration.features),
+            network=settings.network or configuration.network,
         ),
         precision=settings.precision,  # type: ignore[arg-type]
         versions=versions(),
+        filters=plan.filters,
     )
 
 
@@ -126,6 +130,27 @@ class SegmentationHead(TaskHead):
         if self.initial_state is not None:
             network.load_state_dict(self.initial_state)
         return network
+
+    def build_adversary(self, device: torch.device, dtype: torch.dtype | None) -> Adversary | None:
+        """The discriminator where the run's ``adversarial`` weight is above 0: as wide at its first layer as the
+        network's first stage, on (image, probabilities) pairs of the training patch."""
+        settings, configuration = self.settings, self.trained.configuration
+        if settings.adversarial <= 0:
+            return None
+        return Adversary(
+            spatial_dims=self.spatial_dims,
+            patch_size=configuration.patch_size,
+            image_channels=len(self.trained.channels),
+            num_classes=self.num_classes,
+            features=configuration.features[0],
+            weight=settings.adversarial,
+            warmup=settings.adversarial_warmup,
+            lr=settings.adversarial_lr,
+            schedule=str(settings.schedule),
+            seed=settings.seed,
+            device=device,
+            dtype=dtype,
+        )
 
     @staticmethod
     def _to_device(images: np.ndarray, segs: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,6 +306,8 @@ def train_segmentation(
             )
     settings = settings.resolve(plan)
     trained = trained_configuration(plan, settings)
+    if settings.adversarial > 0:
+        discriminator_layers(trained.configuration.patch_size)  # a patch too thin for it: refused before any work
     if not resume:
         package.refuse_to_overwrite(force=force)  # before minutes of preprocessing
     initial = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from vesalius.errors import VesaliusError
 from vesalius.models.classifiers import ARCHITECTURES
-from vesalius.planning.plan import ClassificationPlan, Plan
+from vesalius.planning.plan import NETWORK_FAMILIES, ClassificationPlan, Plan
 from vesalius.precision import PRECISIONS, check_device
 
 __all__ = [
@@ -68,6 +68,27 @@ def _check_common(settings: Any, folds: tuple[str, ...]) -> None:
     check_device(settings.device)
 
 
+def _check_adversarial(weight: float, warmup: float, lr: float) -> None:
+    """The adversarial training settings: a weight of 0 or more, a warm-up fraction in [0, 1), a positive rate."""
+    if not (_is_number(weight) and math.isfinite(weight) and weight >= 0):
+        raise VesaliusError(
+            f"the adversarial weight must be 0 (off) or more, not {weight!r}", remedy="e.g. --adversarial 0.01"
+        )
+    if not (_is_number(warmup) and 0 <= warmup < 1):
+        raise VesaliusError(
+            f"the adversarial warm-up is a fraction of the run in [0, 1), not {warmup!r}",
+            remedy="e.g. --adversarial-warmup 0.2",
+        )
+    if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        raise VesaliusError(
+            f"the discriminator's learning rate must be positive, not {lr!r}", remedy="e.g. --adversarial-lr 0.0002"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class _SettingsIO:
     """``to_dict`` / ``from_dict`` (refusing unknown keys) for the settings dataclasses."""
 
@@ -116,6 +137,14 @@ class SegmentationSettings(_SettingsIO):
             :mod:`vesalius.deploy.prune`).
         initial_weights: a checkpoint file whose ``"model"`` state dict the network starts from instead of random
             weights (its shapes must match the network's); a resumed run continues from its own checkpoint instead.
+        network: the network family, one of :data:`~vesalius.planning.plan.NETWORK_FAMILIES`
+            (:mod:`vesalius.models.families`; default: the plan configuration's). The trained configuration
+            records it.
+        adversarial: the weight of the network's adversarial loss (0: no adversarial training): a PatchGAN
+            discriminator of (image, probabilities) pairs trained in alternation, a training aid that the trained
+            model does not contain (:mod:`vesalius.training.adversarial`); ``adversarial_warmup``: the fraction of
+            the run's iterations before the term starts (the discriminator trains from the first);
+            ``adversarial_lr``: the discriminator's initial learning rate (Adam), following ``schedule``.
     """
 
     dataset: str
@@ -139,6 +168,10 @@ class SegmentationSettings(_SettingsIO):
     checkpoint_interval_s: float = 300.0
     width: float = 1.0
     initial_weights: str | None = None
+    network: str | None = None
+    adversarial: float = 0.0
+    adversarial_warmup: float = 0.2
+    adversarial_lr: float = 2e-4
 
     #: Settings a resumed run may change; everything else must match the saved ``training.json``. ``width`` is not
     #: among them (it is the network, and it names the run folder); nor is ``initial_weights`` (a resumed run
@@ -147,7 +180,7 @@ class SegmentationSettings(_SettingsIO):
 
     def __post_init__(self) -> None:
         _check_common(self, ("all",))
-        _check_choices(("schedule", self.schedule, SCHEDULES))
+        _check_choices(("schedule", self.schedule, SCHEDULES), ("network", self.network, NETWORK_FAMILIES))
         if self.iterations_per_epoch < 1:
             raise VesaliusError(
                 f"iterations per epoch must be at least 1, not {self.iterations_per_epoch}",
@@ -162,6 +195,7 @@ class SegmentationSettings(_SettingsIO):
                 f"initial_weights must be the path of a checkpoint file, not {self.initial_weights!r}",
                 remedy="give the path as a string",
             )
+        _check_adversarial(self.adversarial, self.adversarial_warmup, self.adversarial_lr)
 
     @property
     def run_config(self) -> str:
@@ -207,6 +241,7 @@ class SegmentationSettings(_SettingsIO):
             batch_size=self.batch_size or configuration.batch_size,
             patch_size=patch,
             optimizer=optimizer,
+            network=self.network or configuration.network,
             schedule=self.schedule or plan.training.schedule,
             lr=self.lr if self.lr is not None else DEFAULT_LR[optimizer],
             weight_decay=self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer],

@@ -1,0 +1,184 @@
+"""2D segmentation on real images with the planner's defaults: chest X-ray lungs, retinal vessels, CT lung-tumour
+patches, EM membranes.
+
+Run it from the project's root, one data set at a time::
+
+    python benchmarks/segmentation_2d.py montgomery            # --budget 30m --fold 0 (of 5)
+    python benchmarks/segmentation_2d.py chase --budget 30m
+    python benchmarks/segmentation_2d.py lung --fold 1
+    python benchmarks/segmentation_2d.py isbi
+
+Each data set is imported once into ``benchmarks/.work/seg2d/ws`` as a user would import it:
+
+- ``montgomery``: ``MontgomeryLungs`` images and masks; lung is >= 128.
+- ``chase``: ``CHASE_DB1`` colour fundus JPEGs (R, G, B) with the first observer's vessels (``1stHO``).
+- ``lung``: ``MSD_Lung_2mm_patches`` 48 x 48 CT patches. The 5 folds mix the patients' patches, so the figure is
+  optimistic.
+- ``isbi``: ``ISBI2012_EM/train``. ``--invert-labels`` makes the black membranes the foreground.
+
+The script then plans for the CPU with the budget (``vesalius plan --time-budget``), trains one fold of the 5-fold
+split, and reports the validation cases' Dice per class after the decided post-processing; for vessels Dice is the
+F1 score. Extra figures per data set:
+
+- ``chase``: pixel AUC of the vessel probability, over all pixels of each image (the images come without field of
+  view masks), and the second observer's F1 against the first on the same cases (the human baseline).
+- ``lung``: the detection rate, the share of patches with a tumour where the prediction touches it, and the false
+  alarms, the share of tumour-free patches where it predicts one.
+
+Without ``../shared/data`` it says so and exits 0. Prints readable lines and one ``BENCHMARK_JSON {...}`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO_ROOT, dice_per_class, emit_json, machine_and_date, shared_data
+
+WORK = REPO_ROOT / "benchmarks" / ".work" / "seg2d" / "ws"
+
+#: data set -> (shared folder, import options)
+SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
+    "montgomery": ("MontgomeryLungs", {}),
+    "chase": ("CHASE_DB1", {"labels_dir": "1stHO"}),
+    "lung": ("MSD_Lung_2mm_patches", {}),
+    "isbi": ("ISBI2012_EM/train", {"invert_labels": True}),
+}
+
+
+def _import(name: str, source: Path) -> None:
+    import vesalius
+    from vesalius.workspace import Workspace
+
+    if not (Workspace(WORK).dataset_dir(name) / "dataset.json").exists():
+        vesalius.import_dataset(source, name, workspace=WORK, **SOURCES[name][1])
+
+
+def _chase_extras(run: Path, source: Path, val: list[str]) -> dict[str, float]:
+    """Pixel AUC of the vessel probability on the validation images, and the second observer's F1."""
+    from sklearn.metrics import roc_auc_score
+
+    import vesalius
+    from vesalius.data.dataset import Dataset
+    from vesalius.io import read_image
+
+    dataset = Dataset.load(WORK / "datasets" / "chase")
+    scores, targets, human = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for case_id in val:
+            for channel, path in enumerate(dataset.image_paths(dataset.case(case_id))):
+                (folder / f"{case_id}_{channel:04d}.nii.gz").symlink_to(path)
+        vesalius.predict(folder, Path(tmp) / "out", run, probabilities=True)
+        for case_id in val:
+            probability = read_image(Path(tmp) / "out" / f"{case_id}_probabilities.nii.gz").array[1]
+            reference = read_image(dataset.label_path(dataset.case(case_id))).array[0]
+            scores.append(probability.ravel())
+            targets.append(reference.ravel())
+            second = read_image(source / "2ndHO" / f"{case_id}_2ndHO.png").array[0] >= 128
+            human.append(dice_per_class(second.astype(np.uint8), reference, [1])[1])
+    return {
+        "vessel_auc": float(roc_auc_score(np.concatenate(targets), np.concatenate(scores))),
+        "second_observer_f1": float(np.mean(human)),
+    }
+
+
+def _lung_extras(run: Path, val: list[str]) -> dict[str, float]:
+    """Per-patch detection rate and false-alarm rate from the validation predictions."""
+    from vesalius.data.dataset import Dataset
+    from vesalius.io import read_image
+
+    dataset = Dataset.load(WORK / "datasets" / "lung")
+    found = missed = alarms = clean = 0
+    for case_id in val:
+        reference = read_image(dataset.label_path(dataset.case(case_id))).array[0] > 0
+        predicted = read_image(next((run / "validation").glob(f"{case_id}.*"))).array[0] > 0
+        if reference.any():
+            found, missed = found + bool((predicted & reference).any()), missed + (not (predicted & reference).any())
+        else:
+            alarms, clean = alarms + bool(predicted.any()), clean + (not predicted.any())
+    return {
+        "detection_rate": found / max(found + missed, 1),
+        "tumour_patches": found + missed,
+        "false_alarm_rate": alarms / max(alarms + clean, 1),
+        "tumour_free_patches": alarms + clean,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=sorted(SOURCES))
+    parser.add_argument("--budget", default="30m", help="Training time budget (the planner's input).")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--network", default=None, help="Segmentation network family (default: the plan's).")
+    args = parser.parse_args()
+
+    import vesalius
+    from vesalius.units import parse_duration
+
+    name = args.dataset
+    source = shared_data(SOURCES[name][0])
+    if source is None:
+        print(f"skipped: ../shared/data/{SOURCES[name][0]} is absent")
+        return 0
+    budget_s = parse_duration(args.budget)
+    start = time.perf_counter()
+    _import(name, source)
+    plan = vesalius.plan(name, workspace=WORK, device="cpu", time_budget_s=budget_s)
+    vesalius.preprocess(name, "2d", workspace=WORK)
+    prepared_s = time.perf_counter() - start
+    settings: dict[str, Any] = {"seed": args.seed, "force": True}
+    if args.network:
+        settings["network"] = args.network
+    result = vesalius.train(name, "2d", args.fold, workspace=WORK, report=False, **settings)
+    summary = result.validation or {}
+    val = list(summary.get("cases", {}))
+    extras: dict[str, float] = {}
+    if name == "chase":
+        extras = _chase_extras(result.run_dir, source, val)
+    elif name == "lung":
+        extras = _lung_extras(result.run_dir, val)
+    configuration = plan.configurations["2d"]
+    figures = {
+        "dataset": name,
+        "fold": args.fold,
+        "seed": args.seed,
+        "network": args.network or "plan",
+        "budget_s": budget_s,
+        "patch": list(configuration.patch_size),
+        "batch": configuration.batch_size,
+        "iterations": result.iterations,
+        "train_s": round(result.elapsed_s, 1),
+        "stopped": result.stopped,
+        "prepare_s": round(prepared_s, 1),
+        "val_cases": len(val),
+        "dice": summary.get("dice", {}),
+        "dice_mean": summary.get("dice_mean"),
+        "seconds_per_case": summary.get("seconds_per_case"),
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in extras.items()},
+    }
+    print(
+        f"{name} fold {args.fold}: {len(val)} validation cases, {result.iterations} iterations in "
+        f"{result.elapsed_s:.0f} s ({result.stopped}), patch {list(configuration.patch_size)} batch "
+        f"{configuration.batch_size}"
+    )
+    for label, dice in summary.get("dice", {}).items():
+        print(f"  Dice {label}: {dice:.4f}")
+    for key, value in extras.items():
+        print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    emit_json({"benchmark": "segmentation_2d", **machine_and_date(), **figures})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
