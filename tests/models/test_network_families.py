@@ -166,6 +166,8 @@ def test_the_settings_choose_the_family_and_the_trained_configuration_records_it
     assert SegmentationSettings("ph").resolve(chosen_by_plan).network == "resenc"
     with pytest.raises(VesaliusError, match="unknown network 'unet'"):
         SegmentationSettings("ph", network="unet")
+    assert SegmentationSettings("ph", network="resunet").run_config == "3d"
+    assert SegmentationSettings("ph", network="attention", width=0.5).run_config == "3d_attention_w50"
     old = {k: v for k, v in SegmentationSettings("ph").to_dict().items() if k != "network"}
     assert SegmentationSettings.from_dict(old).network is None  # training.json of earlier versions
 
@@ -175,7 +177,7 @@ def test_train_network_attention_records_it_and_predicts(planned: Path, tmp_path
     ws = str(copy_workspace(planned, tmp_path))
     tiny = ["--epochs", "1", "--iters-per-epoch", "2", "--precision", "bf16", "--no-validate"]
     assert main(["train", "ph", "-w", ws, "--network", "attention", "--fold", "1", *tiny]) == 0
-    run_dir = Path(ws) / "runs" / "ph" / "3d" / "fold_1"
+    run_dir = Path(ws) / "runs" / "ph" / "3d_attention" / "fold_1"  # beside the residual U-Net's runs
     saved = json.loads((run_dir / "model.json").read_text())
     assert saved["configuration"]["network"] == "attention"
     assert ModelPackage(run_dir).settings["network"] == "attention"

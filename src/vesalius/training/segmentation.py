@@ -281,8 +281,9 @@ def train_segmentation(
 ) -> TrainingResult:
     """Train one fold (or ``"all"``) of a planned segmentation data set; see the module docstring.
 
-    The run folder is ``runs/NAME/CONFIG/fold_K``, or ``runs/NAME/CONFIG_wXX/fold_K`` for a width other than 1
-    (:attr:`SegmentationSettings.run_config`); a resumed run must be given the width to be found.
+    The run folder is ``runs/NAME/CONFIG/fold_K``, ``runs/NAME/CONFIG_NETWORK/fold_K`` for a network family other
+    than the residual U-Net, with ``_wXX`` for a width other than 1 (:attr:`SegmentationSettings.run_config`); a
+    resumed run must be given the network and width to be found.
 
     Args:
         settings: the settings; ``None`` fields come from the plan.

@@ -200,9 +200,12 @@ class SegmentationSettings(_SettingsIO):
     @property
     def run_config(self) -> str:
         """The name of the run's configuration folder (``runs/NAME/RUN_CONFIG/fold_K``): the plan configuration,
-        with the width in percent appended when it is not 1 (``3d_w50``), so that runs of different widths of one
-        fold live side by side and each is still a fold folder that ``find_packages`` and ensembles accept."""
-        return self.config if self.width == 1 else f"{self.config}_w{self.width * 100:g}"
+        with a network family given other than the residual U-Net appended (``3d_attention``), then the width in
+        percent when it is not 1 (``3d_w50``), so that runs of different networks or widths of one fold live side by
+        side (a resumed run must be given them to be found) and each is still a fold folder that
+        ``find_packages`` and ensembles accept."""
+        name = self.config if self.network in (None, "resunet") else f"{self.config}_{self.network}"
+        return name if self.width == 1 else f"{name}_w{self.width * 100:g}"
 
     def scaled_features(self, features: Sequence[int]) -> tuple[int, ...]:
         """``features`` scaled by :attr:`width`, each rounded half up and at least 1."""
