@@ -291,6 +291,10 @@ def train(
     early_stopping: Annotated[
         int | None, typer.Option(help="Classification: stop after N epochs without a better validation AUC.")
     ] = None,
+    stop_on_plateau: Annotated[
+        int | None,
+        typer.Option(help="Segmentation: stop after N epochs without a gain in the smoothed validation Dice."),
+    ] = None,
     pretrained: Annotated[
         Path | None, typer.Option(help="Classification: start from these weights (a state-dict file you supply).")
     ] = None,
@@ -347,6 +351,7 @@ def train(
         "network": network,
         "balance": balance,
         "early_stopping": early_stopping,
+        "stop_on_plateau": stop_on_plateau,
         "pretrained": str(pretrained) if pretrained else None,
         "adversarial": adversarial,
         "adversarial_warmup": adversarial_warmup,

@@ -168,7 +168,7 @@ class TrainingOutcome:
     runs of an older Vesalius have none.
 
     Attributes:
-        stopped: why the run ended: ``"epochs"`` (all planned), ``"time budget"``, ``"early stopping"``,
+        stopped: why the run ended: ``"epochs"`` (all planned), ``"time budget"``, ``"early stopping"``, ``"plateau"``,
             ``"interrupted"`` (Ctrl-C), ``"error"``; ``None`` while it runs (or when it was killed).
         reason: the same in one sentence, with the numbers (``time budget of 30 min reached after 5 of 8 planned
             epochs (1100 of 2000 iterations)``).

@@ -500,6 +500,9 @@ class TrainingLoop:
         if stopped == "early stopping":
             patience = getattr(self.settings, "early_stopping", None)
             return f"early stopping: no better validation score for {patience} epochs, after {done}"
+        if stopped == "plateau":
+            patience = getattr(self.settings, "stop_on_plateau", 0)
+            return f"converged: no gain over 0.002 for {patience} epochs, after {done}"
         if stopped == "interrupted":
             return f"interrupted (Ctrl-C) after {done}; continue it with --resume"
         if stopped == "error":

@@ -40,6 +40,7 @@ from vesalius.planning.plan import Plan
 from vesalius.planning.planner import load_plan
 from vesalius.training.adversarial import Adversary, discriminator_layers
 from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult, step_seed
+from vesalius.training.plateau import Plateau
 from vesalius.training.settings import SegmentationSettings, resumed_settings
 from vesalius.workspace import Workspace
 
@@ -123,6 +124,7 @@ class SegmentationHead(TaskHead):
             self.val_batches = [val_sampler.sample(i) for i in range(settings.val_batches)]
         self.ema_dice = float("nan")
         self.best_ema = -math.inf
+        self.plateau = Plateau(settings.stop_on_plateau)
 
     def build_model(self) -> nn.Module:
         """The network of the trained configuration, with the initial weights where the run was given some."""
@@ -200,20 +202,26 @@ class SegmentationHead(TaskHead):
             ema = row["dice_mean"] if math.isnan(self.ema_dice) else self.ema_dice
             self.ema_dice = EMA_WEIGHT * ema + (1 - EMA_WEIGHT) * row["dice_mean"]
             row["dice_ema"] = self.ema_dice
+        self.plateau.update(self.ema_dice if self.val_batches else -row.get("train_loss", float("nan")))
         if not math.isnan(self.ema_dice) and self.ema_dice > self.best_ema:
             self.best_ema = self.ema_dice
             return True
         return False
 
+    def stop_reason(self) -> str | None:
+        return "plateau" if self.plateau.converged else None
+
     def best_score(self) -> float:
         return self.best_ema if self.best_ema > -math.inf else float("nan")
 
     def state(self) -> dict[str, Any]:
-        return {"ema_dice": self.ema_dice, "best_ema": self.best_ema}
+        return {"ema_dice": self.ema_dice, "best_ema": self.best_ema, "plateau": self.plateau.state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.ema_dice = float(state["ema_dice"])
         self.best_ema = float(state["best_ema"])
+        if "plateau" in state:  # checkpoints of a Vesalius without the rule: it starts afresh
+            self.plateau.load_state(state["plateau"])
 
 
 def load_initial_weights(path: str | Path, trained: TrainedSegmentation) -> dict[str, Any]:

@@ -145,6 +145,8 @@ class SegmentationSettings(_SettingsIO):
             model does not contain (:mod:`vesalius.training.adversarial`); ``adversarial_warmup``: the fraction of
             the run's iterations before the term starts (the discriminator trains from the first);
             ``adversarial_lr``: the discriminator's initial learning rate (Adam), following ``schedule``.
+        stop_on_plateau: stop when the smoothed validation pseudo-Dice (without validation: the training loss)
+            has not improved by more than 0.002 for this many epochs (0: never; :mod:`vesalius.training.plateau`).
     """
 
     dataset: str
@@ -172,6 +174,7 @@ class SegmentationSettings(_SettingsIO):
     adversarial: float = 0.0
     adversarial_warmup: float = 0.2
     adversarial_lr: float = 2e-4
+    stop_on_plateau: int = 0
 
     #: Settings a resumed run may change; everything else must match the saved ``training.json``. ``width`` is not
     #: among them (it is the network, and it names the run folder); nor is ``initial_weights`` (a resumed run
@@ -196,6 +199,13 @@ class SegmentationSettings(_SettingsIO):
                 remedy="give the path as a string",
             )
         _check_adversarial(self.adversarial, self.adversarial_warmup, self.adversarial_lr)
+        if isinstance(self.stop_on_plateau, bool) or not (
+            isinstance(self.stop_on_plateau, int) and self.stop_on_plateau >= 0
+        ):
+            raise VesaliusError(
+                f"--stop-on-plateau needs a whole number of epochs, not {self.stop_on_plateau!r}",
+                remedy="give 0 (never) or e.g. 5",
+            )
 
     @property
     def run_config(self) -> str:
