@@ -118,24 +118,13 @@ def import_cmd(
 ) -> None:
     """Import a data set into the workspace (sources are never modified), then verify it."""
     from vesalius.data.importers import ImportRefused, import_dataset
-    from vesalius.io.deidentify import DeidentifyOptions
 
     options = None
     flags = (key, retain_dates, retain_patient_characteristics, clean_descriptors, retain_safe_private, allow_burned_in)
     if not deid and (any(flags) or linkage):
         raise VesaliusError("--key, --linkage and the de-identification options need --deidentify", remedy="add it")
     if deid:
-        key = key or os.environ.get("VESALIUS_DEID_KEY")
-        if not key:  # as for 'vesalius deidentify': no default key
-            raise VesaliusError("no de-identification key", remedy="give --key KEY or set VESALIUS_DEID_KEY")
-        options = DeidentifyOptions(
-            key=key,
-            retain_dates_shifted=retain_dates,
-            retain_patient_characteristics=retain_patient_characteristics,
-            clean_descriptors=clean_descriptors,
-            retain_safe_private=retain_safe_private,
-            allow_burned_in=allow_burned_in,
-        )
+        options = _deidentify_options(key, *flags[1:])
     threshold: int | str | None = {"auto": "auto", "none": None}.get(label_threshold.lower(), label_threshold)
     if isinstance(threshold, str) and threshold != "auto":
         if not threshold.isdigit():
@@ -995,6 +984,26 @@ def demo(
     )
 
 
+def _deidentify_options(key: str | None, *flags: bool) -> Any:
+    """The :class:`~vesalius.io.deidentify.DeidentifyOptions` of the command-line flags (in the order of the
+    profile's options: dates, patient characteristics, descriptors, safe private, burned-in), with the key from
+    ``--key`` or ``$VESALIUS_DEID_KEY``."""
+    from vesalius.io.deidentify import DeidentifyOptions
+
+    key = key or os.environ.get("VESALIUS_DEID_KEY")
+    if not key:  # no default: a fixed key would let anyone redo the UID mapping and date shifts
+        raise VesaliusError("no de-identification key", remedy="give --key KEY or set VESALIUS_DEID_KEY")
+    dates, characteristics, descriptors, safe_private, burned_in = flags
+    return DeidentifyOptions(
+        key=key,
+        retain_dates_shifted=dates,
+        retain_patient_characteristics=characteristics,
+        clean_descriptors=descriptors,
+        retain_safe_private=safe_private,
+        allow_burned_in=burned_in,
+    )
+
+
 @app.command()
 def deidentify(
     src: Annotated[Path, typer.Argument(help="DICOM file or folder (walked recursively).")],
@@ -1010,19 +1019,11 @@ def deidentify(
     linkage: Annotated[Path | None, typer.Option(help="Write original-to-new identifiers here (keep it safe).")] = None,
 ) -> None:
     """De-identify DICOM files: PS3.15 Annex E Basic Application Level Confidentiality Profile."""
-    from vesalius.io.deidentify import AUDIT_NAME, DeidentifyOptions
+    from vesalius.io.deidentify import AUDIT_NAME
     from vesalius.io.deidentify import deidentify as run_deidentify
 
-    key = key or os.environ.get("VESALIUS_DEID_KEY")
-    if not key:  # no default: a fixed key would let anyone redo the UID mapping and date shifts
-        raise VesaliusError("no de-identification key", remedy="give --key KEY or set VESALIUS_DEID_KEY")
-    options = DeidentifyOptions(
-        key=key,
-        retain_dates_shifted=retain_dates,
-        retain_patient_characteristics=retain_patient_characteristics,
-        clean_descriptors=clean_descriptors,
-        retain_safe_private=retain_safe_private,
-        allow_burned_in=allow_burned_in,
+    options = _deidentify_options(
+        key, retain_dates, retain_patient_characteristics, clean_descriptors, retain_safe_private, allow_burned_in
     )
     report = run_deidentify(src, dest, options, linkage)
     for record in report.skipped:
