@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import atomic_path
 
-__all__ = ["Pacs", "SeriesSummary", "StudySummary", "retrieved_series_folder"]
+__all__ = ["Pacs", "SeriesSummary", "StudySummary"]
 
 #: QIDO-RS attributes asked for beyond the defaults, so that a listing shows what people choose a study by.
 STUDY_FIELDS = (
@@ -333,8 +333,3 @@ class Pacs:
                 remedy="check the server's log for why",
             )
         return [str(ds.SOPInstanceUID) for ds in datasets]
-
-
-def retrieved_series_folder(root: str | Path, series: SeriesSummary) -> Path:
-    """Where a retrieved series goes under ``root``: one folder per series (its UID)."""
-    return Path(root) / series.series_uid

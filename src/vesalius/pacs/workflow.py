@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from vesalius.errors import VesaliusError
-from vesalius.io.atomic import write_json_atomic
+from vesalius.io.atomic import atomic_path, write_json_atomic
 from vesalius.pacs.client import Pacs, SeriesSummary
 
 __all__ = ["PacsPrediction", "predict_from_pacs"]
@@ -113,13 +113,12 @@ def predict_from_pacs(
 def _keep(
     output: Path, labels: Path, seg: Path, sr: Path, summary: dict[str, dict[str, float]], series: SeriesSummary
 ) -> dict[str, Path]:
-    """Copy the results into ``output`` (each file written whole, then renamed into place)."""
+    """Copy the results into ``output``, each file atomically."""
     output.mkdir(parents=True, exist_ok=True)
     files = {"labels": output / labels.name, "seg": output / seg.name, "sr": output / sr.name}
     for source, target in ((labels, files["labels"]), (seg, files["seg"]), (sr, files["sr"])):
-        staging = target.with_name(f".tmp-{target.name}")
-        shutil.copyfile(source, staging)
-        staging.replace(target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
     files["measurements"] = output / f"{series.series_uid}_measurements.json"
     record = {"study_uid": series.study_uid, "series_uid": series.series_uid, "labels": summary}
     write_json_atomic(files["measurements"], record)
