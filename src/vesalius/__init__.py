@@ -129,7 +129,9 @@ def train(
     does not apply to the task is refused.
 
     Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of :func:`validate`
-    (``None`` without validation cases or with ``validate=False``). With ``report``, the run folder then gets
+    (``None`` without validation cases or with ``validate=False``). Under ``torchrun`` every process trains its
+    share (:mod:`vesalius.training.distributed`), and rank 0 alone validates and reports. With ``report``, the run
+    folder then gets
     ``report.html`` (:func:`vesalius.reporting.report.build_report`); a failure to write it is a warning, never a
     lost run.
     """
@@ -156,6 +158,10 @@ def train(
         chosen = SegmentationSettings(dataset=name, config=config, fold=0 if fold is None else fold, **settings)
         run = train_segmentation  # type: ignore[assignment]
     result = run(chosen, workspace, resume=resume, force=force, show_progress=show_progress)
+    from vesalius.training.distributed import Distributed
+
+    if not Distributed.from_environment().is_writer:
+        return result  # rank 0 of a distributed run validates and reports
     if validate:
         from vesalius.evaluation.validation import validate_run
 

@@ -319,6 +319,13 @@ def train(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Train with N processes on this machine (DistributedDataParallel; gloo on CPUs, NCCL with one GPU "
+            "per process). Several machines: torchrun ... -m vesalius train."
+        ),
+    ] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its latest checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over where a run exists.")] = False,
     validate: Annotated[bool, typer.Option(help="Predict and score the fold's validation cases at the end.")] = True,
@@ -328,6 +335,7 @@ def train(
     logs and progress.png in the run folder)."""
     import vesalius
     from vesalius.model_package import ModelPackage
+    from vesalius.training.distributed import Distributed, launch
 
     options = {
         "epochs": epochs,
@@ -346,21 +354,24 @@ def train(
         "adversarial_warmup": adversarial_warmup,
         "adversarial_lr": adversarial_lr,
     }
-    result = vesalius.train(
-        name,
-        config,
-        None if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold)),
-        workspace,
-        task=task,
-        resume=resume,
-        force=force,
-        validate=validate,
-        show_progress=err.is_terminal,
-        precision=precision,
-        device=device,
-        seed=seed,
+    arguments = {
+        "name": name,
+        "config": config,
+        "fold": None if fold is None else (fold if fold in ("all", "official", "auto") else _fold_number(fold)),
+        "workspace": workspace,
+        "task": task,
+        "resume": resume,
+        "force": force,
+        "validate": validate,
+        "show_progress": err.is_terminal,
+        "precision": precision,
+        "device": device,
+        "seed": seed,
         **{key: value for key, value in options.items() if value is not None},
-    )
+    }
+    result = launch(nproc, arguments) if nproc != 1 else vesalius.train(**arguments)
+    if not Distributed.from_environment().is_writer:
+        return  # under torchrun, rank 0 speaks for the run
     if ModelPackage(result.run_dir).task == "segmentation":
         done = f"trained {result.iterations} iterations ({result.epochs} epochs) in {result.elapsed_s:.0f} s"
     else:
@@ -415,6 +426,10 @@ def predict(
     explain: Annotated[
         bool, typer.Option("--explain", help="Classification: Grad-CAM overlays (PNG; 3D: slices and a NIfTI map).")
     ] = False,
+    tta: Annotated[
+        bool,
+        typer.Option("--tta", help="Classification: average each model over flips of the axes it trained mirrored."),
+    ] = False,
     backend: Annotated[
         str,
         typer.Option(help="auto (packages: onnxruntime, without torch; run folders: torch), torch or onnxruntime."),
@@ -452,6 +467,7 @@ def predict(
         "postprocess": postprocess,
         "fill_holes": fill_holes,
         "explain": explain,
+        "tta": tta,
         "checkpoint": checkpoint,
         "device": device,
         "precision": precision,
@@ -462,6 +478,7 @@ def predict(
         "postprocess": True,
         "fill_holes": False,
         "explain": False,
+        "tta": False,
         "checkpoint": "final",
         "device": "cpu",
         "precision": None,

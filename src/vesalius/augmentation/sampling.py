@@ -184,29 +184,33 @@ class PatchSampler:
             dst.append(slice(lo - int(s), hi - int(s)))
         out[tuple(dst)] = array[tuple(src)]
 
-    def sample(self, step: int | np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One batch.
+    def sample(self, step: int | np.random.Generator, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One batch, or some of its rows.
 
         Args:
             step: the training step (the batch is drawn with ``np.random.default_rng((seed, step))``), or a
                 generator to draw from.
+            rows: the rows of the batch to crop (a rank's share in distributed training); every row is drawn, so
+                row ``j`` is the same whichever rows are asked for. Default: all.
 
         Returns:
-            images ``(B, C, *output_size)`` float32 and segs ``(B, 1, *output_size)`` with the segs' dtype
-            (uint8 for preprocessed cases), both C-contiguous.
+            images ``(R, C, *output_size)`` float32 and segs ``(R, 1, *output_size)`` with the segs' dtype
+            (uint8 for preprocessed cases), both C-contiguous; ``R`` is the batch size or the rows asked for.
         """
         rng = step if isinstance(step, np.random.Generator) else np.random.default_rng((self.seed, int(step)))
         b = self.batch_size
+        wanted = range(b)[rows or slice(None)]
         seg_dtype = self.cases[0][1].dtype
-        images = np.zeros((b, self.channels, *self._size), dtype=np.float32)
-        segs = np.zeros((b, 1, *self._size), dtype=seg_dtype)
+        images = np.zeros((len(wanted), self.channels, *self._size), dtype=np.float32)
+        segs = np.zeros((len(wanted), 1, *self._size), dtype=seg_dtype)
         case_indices = rng.integers(len(self.cases), size=b)
         first_foreground = b - self.num_foreground
         for j, case in enumerate(case_indices):
             start = self._start(rng, int(case), foreground=j >= first_foreground)
-            image, seg = self.cases[int(case)]
-            self._crop(image, start, images[j])
-            self._crop(seg, start, segs[j])
+            if j in wanted:
+                image, seg = self.cases[int(case)]
+                self._crop(image, start, images[j - wanted.start])
+                self._crop(seg, start, segs[j - wanted.start])
         if self.slice_axis is not None:
             images = np.ascontiguousarray(images.squeeze(2 + self.slice_axis))
             segs = np.ascontiguousarray(segs.squeeze(2 + self.slice_axis))

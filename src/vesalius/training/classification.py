@@ -18,12 +18,16 @@ resume, logs, budget) is :class:`vesalius.training.loop.TrainingLoop`.
 The plan is the workspace's classification plan, made on first use from the data set's non-test cases
 (:func:`vesalius.planning.classification.classification_plan`; edit it to change the defaults). The run saves
 its trained configuration (:class:`vesalius.model_package.TrainedClassification`).
+
+Under ``torchrun`` (or ``vesalius train --nproc N``) the run spreads over the processes
+(:mod:`vesalius.training.distributed`): each takes its rows of every batch and of the validation cases, whose
+outputs are gathered before the figures. Batch normalisation normalises each rank's rows (DDP's default), so the
+steps are not exactly those of one process.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,8 @@ from vesalius.planning.classification import (
 )
 from vesalius.planning.plan import ClassificationPlan, ClassifierNetwork
 from vesalius.preprocessing.classification import prepare_images
-from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult, step_seed
+from vesalius.training.distributed import Distributed
+from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult
 from vesalius.training.settings import ClassificationSettings, resumed_settings
 from vesalius.workspace import Workspace
 
@@ -73,8 +78,10 @@ class ClassificationHead(TaskHead):
         plan: ClassificationPlan,
         settings: ClassificationSettings,
         data: dict[str, tuple[np.ndarray, np.ndarray]],
+        distributed: Distributed = Distributed(),
     ) -> None:
         self.trained = trained
+        self.distributed = distributed
         self.settings = settings
         self.dataset = settings.dataset
         self.spatial_dims = trained.spatial_dims
@@ -83,9 +90,10 @@ class ClassificationHead(TaskHead):
         self.x_train, self.y_train = data["train"]
         self.x_val, self.y_val = data["val"]
         self.augmenter = Augmenter({**plan.augmentation, **(settings.augmentation or {})})
-        self.device = torch.device(settings.device)
+        self.device = distributed.device(settings.device)
         self.weights = self._class_weights() if settings.balance == "weights" else None
         self.batch_size = int(settings.batch_size or 2)
+        self.rows = distributed.rows(self.batch_size)
         self.iterations_per_epoch = max(1, len(self.x_train) // self.batch_size)  # last partial batch dropped
         self.order = np.arange(len(self.x_train))
         self.best_auc = -math.inf
@@ -123,10 +131,10 @@ class ClassificationHead(TaskHead):
             self.order = rng.permutation(n)
 
     def batch(self, iteration: int, step: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.order[step * self.batch_size : (step + 1) * self.batch_size]
+        index = self.order[step * self.batch_size : (step + 1) * self.batch_size][self.rows]
         x = torch.from_numpy(self.x_train[index].astype(np.float32, copy=False)).to(device)
         y = torch.from_numpy(self.y_train[index]).to(device)
-        x, _ = self.augmenter(x, None, step_seed(self.settings.seed, iteration))
+        x, _ = self.augmenter(x, None, self.distributed.augmentation_seed(self.settings.seed, iteration))
         return x, y
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -144,14 +152,17 @@ class ClassificationHead(TaskHead):
         return self._loss(outputs, targets, self.weights)
 
     def validate(self, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict[str, float]:
-        """Validation loss (unweighted), accuracy and AUC (macro over classes or labels; NaN where undefined)."""
+        """Validation loss (unweighted), accuracy and AUC (macro over classes or labels; NaN where undefined).
+
+        The ranks share the batches of validation cases; their outputs are summed into one array (zeros where
+        another rank's rows are), so every rank computes the figures of all cases."""
         if len(self.x_val) == 0:
             return {}
-        logits = []
-        for start in range(0, len(self.x_val), self.batch_size):
+        z = torch.zeros(len(self.x_val), num_outputs(self.target_type, self.num_classes), dtype=torch.float64)
+        for start in self.distributed.share(range(0, len(self.x_val), self.batch_size)):
             x = torch.from_numpy(self.x_val[start : start + self.batch_size].astype(np.float32, copy=False))
-            logits.append(forward(x.to(device)).float().cpu())
-        z, y = torch.cat(logits), torch.from_numpy(self.y_val)
+            z[start : start + len(x)] = forward(x.to(device)).double().cpu()
+        z, y = self.distributed.sum(z).float(), torch.from_numpy(self.y_val)
         loss = float(self._loss(z, y, None))
         p = to_probabilities(z, self.target_type)
         if self.target_type == "multilabel":
@@ -219,7 +230,56 @@ def train_classification(
         show_progress: draw a progress bar (loss, validation AUC, time left) on the terminal.
         callbacks: called with each epoch's log row after its checkpoint is written.
     """
-    ws = Workspace.resolve(workspace)
+    distributed = Distributed.from_environment()
+    with distributed.session(settings.device):
+        return _train(settings, Workspace.resolve(workspace), distributed, resume, force, show_progress, callbacks)
+
+
+def _train(
+    settings: ClassificationSettings,
+    ws: Workspace,
+    distributed: Distributed,
+    resume: bool,
+    force: bool,
+    show_progress: bool,
+    callbacks: Sequence[EpochCallback],
+) -> TrainingResult:
+    """:func:`train_classification` in one process of the run (rank 0 plans and writes first)."""
+    with distributed.writer_first():
+        package, plan, settings, trained, split, arrays = _prepare(settings, ws, distributed, resume)
+        state = package.prepare(resume=resume, force=force) if distributed.is_writer or resume else None
+    torch.set_num_threads(distributed.threads(settings.threads))
+    dataset = Dataset.load(ws.dataset_dir(settings.dataset))
+    data = {
+        part: (
+            prepare_images([arrays[c] for c in split[part]], trained.normalization, trained.input_size),
+            encode_targets(dataset, split[part]),
+        )
+        for part in ("train", "val")
+    }
+    del arrays
+    if len(data["train"][0]) < 2:
+        raise VesaliusError(f"{len(data['train'][0])} training case(s)", remedy="a classifier needs at least 2")
+    head = ClassificationHead(trained, plan, settings, data, distributed)
+    loop = TrainingLoop(head, settings, package, state)
+    if distributed.is_writer:
+        fingerprint = ws.classification_fingerprint_path(dataset.name)
+        package.write_setup(plan, trained, settings.to_dict(), split, fingerprint)
+    return loop.run(show_progress, callbacks)
+
+
+def _prepare(
+    settings: ClassificationSettings, ws: Workspace, distributed: Distributed, resume: bool
+) -> tuple[
+    ModelPackage,
+    ClassificationPlan,
+    ClassificationSettings,
+    TrainedClassification,
+    dict[str, list[str]],
+    dict[str, np.ndarray],
+]:
+    """The run's folder, plan (made on first use), resolved settings, trained configuration, split and case
+    arrays; bad settings are refused before the run folder is touched."""
     dataset = Dataset.load(ws.dataset_dir(settings.dataset))
     if dataset.task != "classification":
         raise VesaliusError(
@@ -252,19 +312,5 @@ def train_classification(
         load_pretrained(
             build_classifier(trained.network, trained.spatial_dims, len(trained.channels), 2), settings.pretrained
         )
-    state = package.prepare(resume=resume, force=force)
-    torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
-    data = {
-        part: (
-            prepare_images([arrays[c] for c in split[part]], trained.normalization, trained.input_size),
-            encode_targets(dataset, split[part]),
-        )
-        for part in ("train", "val")
-    }
-    del arrays
-    if len(data["train"][0]) < 2:
-        raise VesaliusError(f"{len(data['train'][0])} training case(s)", remedy="a classifier needs at least 2")
-    head = ClassificationHead(trained, plan, settings, data)
-    loop = TrainingLoop(head, settings, package, state)
-    package.write_setup(plan, trained, settings.to_dict(), split, ws.classification_fingerprint_path(dataset.name))
-    return loop.run(show_progress, callbacks)
+    distributed.rows(int(settings.batch_size or 2))  # a batch that does not split: refused before any work
+    return package, plan, settings, trained, split, arrays

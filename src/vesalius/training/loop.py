@@ -24,14 +24,19 @@ figures and which epoch is best. Everything else lives here, once:
   :class:`~vesalius.training.adversarial.Adversary` adds its term to the step's loss and takes a discriminator step
   after the network's; the discriminator and its optimiser are in ``checkpoint_latest.pt``, never in the trained
   model; its figures are log columns;
+* **several processes** (``torchrun``, ``vesalius train --nproc N``): the head's
+  :class:`~vesalius.training.distributed.Distributed` says this process's rank; the network is wrapped in
+  DistributedDataParallel, the loss and elapsed time of each step are averaged over the ranks so that all take the
+  same decisions, and rank 0 alone writes files and draws progress (:mod:`vesalius.training.distributed`);
 * **the record** (``outcome.json``, :class:`~vesalius.model_package.TrainingOutcome`): the epochs and iterations
   actually run and why the run stopped (the settings only say what was planned), written when the run starts,
   after each epoch and at its end (also when it is interrupted or fails), so that it matches the latest checkpoint.
 
 Determinism: the initial weights depend on the seed, a step's batch and augmentation on ``(seed, iteration)``
-(:func:`step_seed`); a run resumed from ``checkpoint_latest.pt`` (written at an epoch's end or within it)
-continues exactly as the uninterrupted run would have, budgeted runs included once their iteration count is fixed
-(a kill within a budgeted run's first epoch resumes with a new measurement of its pace).
+(:meth:`~vesalius.training.distributed.Distributed.augmentation_seed`); a run resumed from ``checkpoint_latest.pt``
+(written at an epoch's end or within it) continues exactly as the uninterrupted run would have, budgeted runs
+included once their iteration count is fixed (a kill within a budgeted run's first epoch resumes with a new
+measurement of its pace).
 """
 
 from __future__ import annotations
@@ -54,21 +59,17 @@ from vesalius.model_package import ModelPackage, Resume, TrainingOutcome
 from vesalius.precision import autocast_dtype, fp32_small_convolutions, memory_format
 from vesalius.training.adversarial import COLUMNS as ADVERSARIAL_COLUMNS
 from vesalius.training.adversarial import Adversary
+from vesalius.training.distributed import Distributed
 from vesalius.training.logs import IterationLog, TrainingLog, iteration_log_interval
 from vesalius.training.schedule import learning_rate
 from vesalius.training.settings import Settings
 
-__all__ = ["EpochCallback", "ProgressBar", "TaskHead", "TrainingLoop", "TrainingResult", "step_seed"]
+__all__ = ["EpochCallback", "ProgressBar", "TaskHead", "TrainingLoop", "TrainingResult"]
 
 EpochCallback = Callable[[dict[str, float]], None]
 #: Once a budgeted run's iterations are fixed, it still stops at this multiple of its budget (a machine that became
 #: much slower); the only time a resumed run can end differently from an uninterrupted one.
 HARD_STOP = 1.25
-
-
-def step_seed(seed: int, iteration: int) -> int:
-    """The seed of training step ``iteration`` of a run seeded with ``seed`` (batch sampling, augmentation)."""
-    return int(np.random.SeedSequence((seed, iteration)).generate_state(1)[0])
 
 
 @dataclass
@@ -101,6 +102,8 @@ class TaskHead(ABC):
         class_names: foreground names for the log's Dice columns; ``log_metrics``: other columns to plot.
         iterations_per_epoch: steps per epoch; ``spatial_dims``: 2 or 3 (the network's inputs).
         dataset: the data set's name (for messages).
+        distributed: this process's rank in a run of several (default: the only one); the head takes its rows of
+            each batch and pools its validation figures over the ranks.
     """
 
     gradient_clip: float
@@ -113,6 +116,7 @@ class TaskHead(ABC):
     iterations_per_epoch: int
     spatial_dims: int
     dataset: str
+    distributed: Distributed = Distributed()
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -174,21 +178,24 @@ class TrainingLoop:
         self.head = head
         self.settings = settings
         self.package = package
-        self.device = torch.device(settings.device)
+        self.distributed = head.distributed
+        self.writer = self.distributed.is_writer
+        self.device = self.distributed.device(settings.device)
         self.dtype = autocast_dtype(settings.precision, self.device)
         torch.manual_seed(settings.seed)
-        model = head.build_model().to(self.device)
+        network = head.build_model().to(self.device)
         self.memory_format = memory_format(self.dtype, self.device, head.spatial_dims)
-        self.model = model.to(memory_format=self.memory_format)
+        #: the network itself (checkpoints, validation); :attr:`model` trains it (wrapped in DDP with several ranks)
+        self.network = network.to(memory_format=self.memory_format)
         if self.dtype is not None and self.device.type == "cpu":
-            fp32_small_convolutions(self.model)  # oneDNN's bf16 weight gradients are wrong there (NaN losses)
+            fp32_small_convolutions(self.network)  # oneDNN's bf16 weight gradients are wrong there (NaN losses)
         lr, decay = float(settings.lr or 0.0), float(settings.weight_decay or 0.0)
         if settings.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=lr, momentum=head.sgd_momentum, nesterov=True, weight_decay=decay
+                self.network.parameters(), lr=lr, momentum=head.sgd_momentum, nesterov=True, weight_decay=decay
             )
         else:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=decay)
+            self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, weight_decay=decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.adversary = head.build_adversary(self.device, self.dtype)
         self.epoch = 0
@@ -208,11 +215,17 @@ class TrainingLoop:
         if state is not None:
             self.load_state(state)
             self.resumed.append((self.epoch, self.iteration))
+        self.model: nn.Module = self.network
+        if self.distributed.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=ids)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -240,7 +253,7 @@ class TrainingLoop:
                 self.package.checkpoint_path("latest"),
                 "start the run again with --force",
             )
-        self.model.load_state_dict(state["model"])
+        self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
@@ -265,13 +278,13 @@ class TrainingLoop:
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
-    def _forward(self, x: torch.Tensor) -> Any:
+    def _forward(self, x: torch.Tensor, model: nn.Module | None = None) -> Any:
         with self._autocast():
-            return self.model(x.contiguous(memory_format=self.memory_format))
+            return (model or self.model)(x.contiguous(memory_format=self.memory_format))
 
     def train_step(self, step: int, lr: float) -> float:
-        """One step of the network (and of the discriminator, in adversarial training); returns the head's loss
-        (without the adversarial term, so that it compares with runs without one)."""
+        """One step of the network (and of the discriminator, in adversarial training); returns this rank's loss
+        of the head (without the adversarial term, so that it compares with runs without one)."""
         x, y = self.head.batch(self.iteration, step, self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -286,7 +299,7 @@ class TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.head.gradient_clip)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.head.gradient_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.adversary is not None:
@@ -309,34 +322,37 @@ class TrainingLoop:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        self.model.eval()
+        self.network.eval()
         try:
-            return self.head.validate(self._forward, self.device)
+            return self.head.validate(lambda x: self._forward(x, self.network), self.device)
         finally:
-            self.model.train()
+            self.network.train()
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(self, show_progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> TrainingResult:
         """Train to the end (see the module docstring), write ``checkpoint_final.pt``, and return the result."""
         head, settings = self.head, self.settings
         with contextlib.ExitStack() as stack:
-            log = TrainingLog(
-                self.package.log_csv,
-                self.package.progress_png,
-                head.class_names,
-                self.rows,
-                tensorboard_dir=self.package.tensorboard_dir,
-                metrics=head.log_metrics,
-                adversarial=() if self.adversary is None else ADVERSARIAL_COLUMNS,
-            )
-            stack.callback(log.close)
-            points = IterationLog(
-                self.package.log_iterations_csv,
-                keep=self.log_points,
-                extra=() if self.adversary is None else ADVERSARIAL_COLUMNS,
-            )
-            stack.callback(points.close)
-            self.log_points = points.points  # fewer where a crash lost rows the checkpoint counted
+            log: TrainingLog | None = None
+            points: IterationLog | None = None
+            if self.writer:
+                log = TrainingLog(
+                    self.package.log_csv,
+                    self.package.progress_png,
+                    head.class_names,
+                    self.rows,
+                    tensorboard_dir=self.package.tensorboard_dir,
+                    metrics=head.log_metrics,
+                    adversarial=() if self.adversary is None else ADVERSARIAL_COLUMNS,
+                )
+                stack.callback(log.close)
+                points = IterationLog(
+                    self.package.log_iterations_csv,
+                    keep=self.log_points,
+                    extra=() if self.adversary is None else ADVERSARIAL_COLUMNS,
+                )
+                stack.callback(points.close)
+                self.log_points = points.points  # fewer where a crash lost rows the checkpoint counted
             try:
                 self._record(None)
                 stopped = self._epochs(log, points, show_progress, callbacks)
@@ -346,11 +362,13 @@ class TrainingLoop:
             except Exception as e:
                 self._record_failure("error", e.one_line() if isinstance(e, VesaliusError) else repr(e))
                 raise
-        final = self.model.state_dict()
-        if head.final == "best" and self.best_epoch is not None:
-            final = self.package.load_checkpoint("best")["model"]
-        self.package.save_checkpoint("final", {"model": final, "training": settings.to_dict()})
-        self._record(stopped)
+        if self.writer:
+            final = self.network.state_dict()
+            if head.final == "best" and self.best_epoch is not None:
+                final = self.package.load_checkpoint("best")["model"]
+            self.package.save_checkpoint("final", {"model": final, "training": settings.to_dict()})
+            self._record(stopped)
+        self.distributed.barrier()  # the other ranks return once the final weights are written
         return TrainingResult(
             run_dir=self.package.root,
             epochs=self.epoch,
@@ -362,12 +380,16 @@ class TrainingLoop:
         )
 
     def _epochs(
-        self, log: TrainingLog, points: IterationLog, show_progress: bool, callbacks: Sequence[EpochCallback]
+        self,
+        log: TrainingLog | None,
+        points: IterationLog | None,
+        show_progress: bool,
+        callbacks: Sequence[EpochCallback],
     ) -> str:
         settings, head = self.settings, self.head
         epochs, per_epoch, budget = self.planned_epochs, head.iterations_per_epoch, settings.time_budget_s
         planned = self.planned
-        bar = ProgressBar(planned, budget, show_progress, head.progress_metric, head.progress_label)
+        bar = ProgressBar(planned, budget, show_progress and self.writer, head.progress_metric, head.progress_label)
         bar.update(self.iteration, self.elapsed_s, self.rows[-1] if self.rows else {})
         with bar:
             while True:
@@ -397,7 +419,7 @@ class TrainingLoop:
                 }
                 start = time.perf_counter()
                 row.update(self.validate())
-                self.elapsed_s += time.perf_counter() - start
+                (self.elapsed_s,) = self.distributed.mean([self.elapsed_s + time.perf_counter() - start])
                 row["elapsed_s"] = round(self.elapsed_s, 3)
                 if budget and self.total is None:
                     # the budget becomes an iteration count once, from the first epoch's pace (validation
@@ -406,31 +428,37 @@ class TrainingLoop:
                     self.total = int(min(planned, max(self.iteration, budget * pace)))
                 if head.judge(row):
                     self.best_epoch = self.epoch
-                    self.package.save_checkpoint("best", {"model": self.model.state_dict()})
+                    if self.writer:
+                        self.package.save_checkpoint("best", {"model": self.network.state_dict()})
                 self.epoch += 1
                 self.epoch_first = None
                 self.rows.append(row)
-                log.add(row)
+                if log is not None:
+                    log.add(row)
                 self._save_latest(points)
                 self._record(None)
                 bar.update(self.iteration, self.elapsed_s, row)
                 for callback in callbacks:
                     callback(row)
 
-    def _steps(self, end: int, total: int, bar: ProgressBar, points: IterationLog) -> None:
+    def _steps(self, end: int, total: int, bar: ProgressBar, points: IterationLog | None) -> None:
         """Train up to iteration ``end`` of the current epoch; a point of the iteration log every
-        :attr:`log_every` steps of the epoch, a checkpoint every ``checkpoint_interval_s``."""
+        :attr:`log_every` steps of the epoch, a checkpoint every ``checkpoint_interval_s``.
+
+        The loss and the elapsed time of each step are averaged over the ranks, so that every rank stops at the same
+        iteration (and logs the global batch's loss)."""
         settings, budget = self.settings, self.settings.time_budget_s
         start, elapsed0 = time.perf_counter(), self.elapsed_s
         saved = start
         while self.iteration < end:
-            if budget and elapsed0 + time.perf_counter() - start >= budget * (HARD_STOP if self.total else 1.0):
+            if budget and self.elapsed_s >= budget * (HARD_STOP if self.total else 1.0):
                 break
             self.lr = learning_rate(float(settings.lr or 0.0), self.iteration / total, str(settings.schedule))
             assert self.epoch_first is not None
-            self.epoch_losses.append(self.train_step(self.iteration - self.epoch_first, self.lr))
+            loss = self.train_step(self.iteration - self.epoch_first, self.lr)
+            loss, self.elapsed_s = self.distributed.mean([loss, elapsed0 + time.perf_counter() - start])
+            self.epoch_losses.append(loss)
             self.iteration += 1
-            self.elapsed_s = elapsed0 + time.perf_counter() - start
             bar.update(self.iteration, self.elapsed_s, {"train_loss": self.epoch_losses[-1]})
             if len(self.epoch_losses) % self.log_every == 0:
                 self._add_point(points, self.log_every)
@@ -438,12 +466,16 @@ class TrainingLoop:
                 self._save_latest(points)  # mid-epoch: a kill loses minutes, not an epoch
                 saved = time.perf_counter()
 
-    def _add_point(self, points: IterationLog, steps: int) -> None:
+    def _add_point(self, points: IterationLog | None, steps: int) -> None:
         """A point of the iteration log: the mean training loss of the epoch's last ``steps`` steps.
 
         Points never span two epochs, so that each one can be made again from ``epoch_losses`` (which a checkpoint
-        within an epoch stores) and a resumed run writes the same points as an uninterrupted one.
+        within an epoch stores) and a resumed run writes the same points as an uninterrupted one. Ranks other than
+        0 only count them.
         """
+        self.log_points += 1
+        if points is None:
+            return
         points.add(
             {
                 "epoch": self.epoch,
@@ -455,15 +487,18 @@ class TrainingLoop:
                 **({} if self.adversary is None else self.adversary.means(steps)),
             }
         )
-        self.log_points += 1
 
-    def _save_latest(self, points: IterationLog) -> None:
+    def _save_latest(self, points: IterationLog | None) -> None:
+        if points is None:  # not the writer
+            return
         points.sync()  # the checkpoint counts the iteration log's rows: they must be on disk first
         self.package.save_checkpoint("latest", self.state())
 
     # -- the record ----------------------------------------------------------------------------------------------
     def _record(self, stopped: str | None, detail: str = "") -> None:
-        """Write ``outcome.json``: what the run did so far, and why it stopped (``None``: it has not)."""
+        """Write ``outcome.json`` (rank 0): what the run did so far, and why it stopped (``None``: it has not)."""
+        if not self.writer:
+            return
         self.package.write_outcome(
             TrainingOutcome(
                 stopped=stopped,
@@ -502,7 +537,7 @@ class TrainingLoop:
             return f"early stopping: no better validation score for {patience} epochs, after {done}"
         if stopped == "plateau":
             patience = getattr(self.settings, "stop_on_plateau", 0)
-            return f"converged: no gain over 0.002 for {patience} epochs, after {done}"
+            return f"converged: the last {patience} epochs gained 0.002 or less on the {patience} before, after {done}"
         if stopped == "interrupted":
             return f"interrupted (Ctrl-C) after {done}; continue it with --resume"
         if stopped == "error":

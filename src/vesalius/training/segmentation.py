@@ -2,8 +2,9 @@
 
 The recipe (nnU-Net's, sized for the budget): each step draws a batch of patches (a third centred on foreground)
 from the memory-mapped preprocessed cases, augments it on the training device, and takes one step on Dice +
-cross-entropy with deep supervision (MONAI's ``DiceCELoss`` inside ``DeepSupervisionLoss``, weights halving per
-level). After each epoch a pseudo-Dice per class on fixed validation patches; the best epoch is the one where its
+cross-entropy with deep supervision (:class:`vesalius.training.losses.DiceCELoss`, MONAI's numbers with the Dice
+pooled over the ranks of a distributed run, inside MONAI's ``DeepSupervisionLoss``, weights halving per level).
+After each epoch a pseudo-Dice per class on fixed validation patches; the best epoch is the one where its
 exponential moving average improves. The loop itself (optimiser, precision, checkpoints, resume, logs, budget) is
 :class:`vesalius.training.loop.TrainingLoop`; :func:`vesalius.evaluation.validation.validate_fold` then scores the
 fold on the original grids.
@@ -14,12 +15,15 @@ configuration with the patch, batch and mirror axes this run trained with, its f
 prediction use exactly those. A run may start from given weights (``initial_weights``: fine-tuning, e.g. a pruned
 network, :mod:`vesalius.deploy.prune`) instead of random ones. With ``adversarial`` above 0 a discriminator
 trains alongside as an aid (:mod:`vesalius.training.adversarial`); the trained model does not contain it.
+
+Under ``torchrun`` (or ``vesalius train --nproc N``) the run spreads over the processes
+(:mod:`vesalius.training.distributed`): each takes its rows of the plan's batch and its share of the validation
+patches; adversarial training runs in one process only.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +43,9 @@ from vesalius.models import build_network
 from vesalius.planning.plan import Plan
 from vesalius.planning.planner import load_plan
 from vesalius.training.adversarial import Adversary, discriminator_layers
-from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult, step_seed
+from vesalius.training.distributed import Distributed
+from vesalius.training.loop import EpochCallback, TaskHead, TrainingLoop, TrainingResult
+from vesalius.training.losses import DiceCELoss
 from vesalius.training.plateau import Plateau
 from vesalius.training.settings import SegmentationSettings, resumed_settings
 from vesalius.workspace import Workspace
@@ -89,10 +95,12 @@ class SegmentationHead(TaskHead):
         folder: Path,
         split: dict[str, list[str]],
         initial_state: dict[str, Any] | None = None,
+        distributed: Distributed = Distributed(),
     ) -> None:
-        from monai.losses import DeepSupervisionLoss, DiceCELoss
+        from monai.losses import DeepSupervisionLoss
 
         self.trained = trained
+        self.distributed = distributed
         self.initial_state = initial_state
         self.settings = settings
         self.dataset = settings.dataset
@@ -102,11 +110,13 @@ class SegmentationHead(TaskHead):
         self.iterations_per_epoch = settings.iterations_per_epoch
         self.class_names = trained.class_names
         self.num_classes = len(trained.labels)
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-        self.deep_supervision = DeepSupervisionLoss(self.dice_ce, weight_mode="exp")
+        self.dice_ce = DiceCELoss()  # validation: each batch is whole on one rank
+        pool = distributed.sum_with_gradient if distributed.enabled else None
+        self.deep_supervision = DeepSupervisionLoss(DiceCELoss(pool), weight_mode="exp")
         augmentation = {**(settings.augmentation or {}), "mirror_axes": configuration.mirror_axes}
         self.augmenter = Augmenter(AugmentationConfig.from_dict(augmentation), patch_size=patch)
         batch = configuration.batch_size
+        self.rows = distributed.rows(batch)
         self.sampler = PatchSampler.from_folder(
             folder,
             split["train"],
@@ -116,12 +126,13 @@ class SegmentationHead(TaskHead):
             extra=self.augmenter.config.margin(patch),
             slice_axis=configuration.slice_axis,
         )
-        self.val_batches: list[tuple[np.ndarray, np.ndarray]] = []
-        if split["val"] and settings.val_batches > 0:
+        self.has_validation = bool(split["val"]) and settings.val_batches > 0
+        self.val_batches: list[tuple[np.ndarray, np.ndarray]] = []  # this rank's share
+        if self.has_validation:
             val_sampler = PatchSampler.from_folder(
                 folder, split["val"], patch, batch, seed=settings.seed + 1, slice_axis=configuration.slice_axis
             )
-            self.val_batches = [val_sampler.sample(i) for i in range(settings.val_batches)]
+            self.val_batches = [val_sampler.sample(i) for i in distributed.share(range(settings.val_batches))]
         self.ema_dice = float("nan")
         self.best_ema = -math.inf
         self.plateau = Plateau(settings.stop_on_plateau)
@@ -161,32 +172,33 @@ class SegmentationHead(TaskHead):
         return x, y
 
     def batch(self, iteration: int, step: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._to_device(*self.sampler.sample(iteration), device)
-        return self.augmenter(x, y, step_seed(self.settings.seed, iteration))
+        x, y = self._to_device(*self.sampler.sample(iteration, self.rows), device)
+        return self.augmenter(x, y, self.distributed.augmentation_seed(self.settings.seed, iteration))
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         outputs = [o.float() for o in outputs] if isinstance(outputs, list) else outputs.float()
         return self.deep_supervision(outputs, targets.float())
 
     def validate(self, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict[str, float]:
-        """Loss and pseudo-Dice per class (true/false positives and negatives pooled over all patches)."""
-        if not self.val_batches:
+        """Loss and pseudo-Dice per class (true/false positives and negatives pooled over all patches, and over the
+        ranks, which share the patches)."""
+        if not self.has_validation:
             return {}
         k = self.num_classes
-        tp, fp, fn = np.zeros(k), np.zeros(k), np.zeros(k)
-        losses = []
+        counts = torch.zeros(3, k, dtype=torch.float64)  # true positives, false positives, false negatives
+        loss = torch.zeros(2, dtype=torch.float64)  # sum of the batches' losses, batches
         for images, segs in self.val_batches:
             x, y = self._to_device(images, segs, device)
             logits = forward(x).float()
-            losses.append(float(self.dice_ce(logits, y.float())))
+            loss += torch.tensor([float(self.dice_ce(logits, y.float())), 1.0], dtype=torch.float64)
             pred = logits.argmax(1)
             ref = y[:, 0]
             for c in range(1, k):
                 p, r = pred == c, ref == c
-                tp[c] += int((p & r).sum())
-                fp[c] += int((p & ~r).sum())
-                fn[c] += int((~p & r).sum())
-        row = {"val_loss": float(np.mean(losses))}
+                counts[:, c] += torch.tensor([int((p & r).sum()), int((p & ~r).sum()), int((~p & r).sum())])
+        totals = self.distributed.sum(torch.cat([counts.flatten(), loss])).numpy()
+        tp, fp, fn = totals[: 3 * k].reshape(3, k)
+        row = {"val_loss": float(totals[-2] / totals[-1])}
         dice = []
         for c, name in enumerate(self.class_names, start=1):
             denominator = 2 * tp[c] + fp[c] + fn[c]
@@ -202,7 +214,7 @@ class SegmentationHead(TaskHead):
             ema = row["dice_mean"] if math.isnan(self.ema_dice) else self.ema_dice
             self.ema_dice = EMA_WEIGHT * ema + (1 - EMA_WEIGHT) * row["dice_mean"]
             row["dice_ema"] = self.ema_dice
-        self.plateau.update(self.ema_dice if self.val_batches else -row.get("train_loss", float("nan")))
+        self.plateau.update(self.ema_dice if self.has_validation else -row.get("train_loss", float("nan")))
         if not math.isnan(self.ema_dice) and self.ema_dice > self.best_ema:
             self.best_ema = self.ema_dice
             return True
@@ -302,7 +314,21 @@ def train_segmentation(
         show_progress: draw a progress bar (loss, pseudo-Dice, time left) on the terminal.
         callbacks: called with each epoch's log row after its checkpoint is written.
     """
-    ws = Workspace.resolve(workspace)
+    distributed = Distributed.from_environment()
+    with distributed.session(settings.device):
+        return _train(settings, Workspace.resolve(workspace), distributed, resume, force, show_progress, callbacks)
+
+
+def _train(
+    settings: SegmentationSettings,
+    ws: Workspace,
+    distributed: Distributed,
+    resume: bool,
+    force: bool,
+    show_progress: bool,
+    callbacks: Sequence[EpochCallback],
+) -> TrainingResult:
+    """:func:`train_segmentation` in one process of the run (rank 0 prepares and writes; see the module docstring)."""
     package = ModelPackage(ws.run_dir(settings.dataset, settings.run_config, settings.fold))
     plan = load_plan(settings.dataset, ws)
     if resume:
@@ -316,17 +342,25 @@ def train_segmentation(
     settings = settings.resolve(plan)
     trained = trained_configuration(plan, settings)
     if settings.adversarial > 0:
+        if distributed.enabled:
+            raise VesaliusError(
+                "adversarial training runs in one process", remedy="drop --adversarial, or train in one process"
+            )
         discriminator_layers(trained.configuration.patch_size)  # a patch too thin for it: refused before any work
-    if not resume:
-        package.refuse_to_overwrite(force=force)  # before minutes of preprocessing
-    initial = None
-    if settings.initial_weights and not (resume and package.checkpoint_path("latest").is_file()):
-        # read before the run folder is emptied: the file may lie in it
-        initial = load_initial_weights(settings.initial_weights, trained)
-    folder, split = _prepare_data(settings, ws)
-    state = package.prepare(resume=resume, force=force)
-    torch.set_num_threads(settings.threads or len(os.sched_getaffinity(0)))
-    head = SegmentationHead(trained, settings, folder, split, initial if state is None else None)
+    distributed.rows(trained.configuration.batch_size)  # a batch that does not split: refused before any work
+    writer = distributed.is_writer
+    with distributed.writer_first():
+        if not resume and writer:
+            package.refuse_to_overwrite(force=force)  # before minutes of preprocessing
+        initial = None
+        if settings.initial_weights and writer and not (resume and package.checkpoint_path("latest").is_file()):
+            # read before the run folder is emptied: the file may lie in it (DDP gives the other ranks rank 0's)
+            initial = load_initial_weights(settings.initial_weights, trained)
+        folder, split = _prepare_data(settings, ws)
+        state = package.prepare(resume=resume, force=force) if writer or resume else None
+    torch.set_num_threads(distributed.threads(settings.threads))
+    head = SegmentationHead(trained, settings, folder, split, initial if state is None else None, distributed)
     loop = TrainingLoop(head, settings, package, state)
-    package.write_setup(plan, trained, settings.to_dict(), split, ws.fingerprint_path(settings.dataset))
+    if writer:
+        package.write_setup(plan, trained, settings.to_dict(), split, ws.fingerprint_path(settings.dataset))
     return loop.run(show_progress, callbacks)
