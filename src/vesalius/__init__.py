@@ -116,6 +116,7 @@ def train(
     validate: bool = True,
     show_progress: bool = False,
     report: bool = True,
+    nproc: int = 1,
     **settings: Any,
 ) -> Any:
     """Train a model on one fold of a data set (or ``"all"``), validate it and write its report.
@@ -129,12 +130,19 @@ def train(
     does not apply to the task is refused.
 
     Returns a :class:`vesalius.training.TrainingResult` whose ``validation`` holds the summary of :func:`validate`
-    (``None`` without validation cases or with ``validate=False``). Under ``torchrun`` every process trains its
-    share (:mod:`vesalius.training.distributed`), and rank 0 alone validates and reports. With ``report``, the run
+    (``None`` without validation cases or with ``validate=False``). ``nproc`` above 1 trains with that many
+    processes on this machine (as under ``torchrun``: every process trains its share, rank 0 alone writes,
+    validates and reports; :mod:`vesalius.training.distributed`) and returns rank 0's result. With ``report``, the run
     folder then gets
     ``report.html`` (:func:`vesalius.reporting.report.build_report`); a failure to write it is a warning, never a
     lost run.
     """
+    if nproc != 1:
+        from vesalius.training.distributed import run_processes
+
+        arguments = {"name": name, "config": config, "fold": fold, "workspace": workspace, "task": task}
+        arguments |= {"resume": resume, "force": force, "validate": validate, "report": report}
+        return run_processes(nproc, _train_process, {**arguments, "show_progress": show_progress, **settings})[0]
     if _task(name, workspace, task) == "classification":
         from vesalius.training.classification import train_classification
         from vesalius.training.settings import ClassificationSettings
@@ -171,6 +179,14 @@ def train(
 
         build_report_or_warn(result.run_dir, workspace=workspace)
     return result
+
+
+def _train_process(arguments: dict[str, Any]) -> Any:
+    """One process of ``train(..., nproc=N)``: :func:`train` with the arguments (progress drawn by rank 0)."""
+    from vesalius.training.distributed import Distributed
+
+    show = bool(arguments.pop("show_progress")) and Distributed.from_environment().is_writer
+    return train(**arguments, show_progress=show)
 
 
 def validate(run_dir: str | Path, workspace: Any = None, **kwargs: Any) -> dict[str, Any] | None:

@@ -326,6 +326,9 @@ def train(
             "per process). Several machines: torchrun ... -m vesalius train."
         ),
     ] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads of each process (default: the cores, shared by the processes).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its latest checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over where a run exists.")] = False,
     validate: Annotated[bool, typer.Option(help="Predict and score the fold's validation cases at the end.")] = True,
@@ -335,7 +338,7 @@ def train(
     logs and progress.png in the run folder)."""
     import vesalius
     from vesalius.model_package import ModelPackage
-    from vesalius.training.distributed import Distributed, launch
+    from vesalius.training.distributed import Distributed
 
     options = {
         "epochs": epochs,
@@ -353,6 +356,7 @@ def train(
         "adversarial": adversarial,
         "adversarial_warmup": adversarial_warmup,
         "adversarial_lr": adversarial_lr,
+        "threads": threads,
     }
     arguments = {
         "name": name,
@@ -367,9 +371,10 @@ def train(
         "precision": precision,
         "device": device,
         "seed": seed,
+        "nproc": nproc,
         **{key: value for key, value in options.items() if value is not None},
     }
-    result = launch(nproc, arguments) if nproc != 1 else vesalius.train(**arguments)
+    result = vesalius.train(**arguments)
     if not Distributed.from_environment().is_writer:
         return  # under torchrun, rank 0 speaks for the run
     if ModelPackage(result.run_dir).task == "segmentation":

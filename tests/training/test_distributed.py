@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from vesalius.augmentation.sampling import PatchSampler
 from vesalius.augmentation.transforms import AugmentationConfig
 from vesalius.errors import VesaliusError
 from vesalius.training import SegmentationSettings
-from vesalius.training.distributed import Distributed, launch, run_processes
+from vesalius.training.distributed import Distributed, run_processes
 from vesalius.training.losses import DiceCELoss
 from vesalius.training.segmentation import train_segmentation
 
@@ -132,7 +133,8 @@ def test_a_killed_process_stops_the_run_with_a_one_line_error(planned, tmp_path)
     assert launcher.returncode != 0
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "Traceback" not in stderr and len(lines) == 1, stderr
-    assert "training process 1 of 2 failed" in lines[0] and "SIGKILL" in lines[0] and "--resume" in lines[0]
+    # the killed process is named, not the one that lost contact with it
+    assert re.search(r"training process [01] of 2 failed.*killed by SIGKILL.*--resume", lines[0]), lines[0]
     assert json.loads(outcome.read_text(encoding="utf-8"))["stopped"] is None  # the record still says: resumable
 
 
@@ -158,7 +160,7 @@ def test_classification_trains_with_two_processes(tmp_path):
     ws = tmp_path / "ws"
     vesalius.import_dataset(tmp_path / "src", "syn", workspace=ws)
     arguments = {"name": "syn", "workspace": ws, "fold": 0, "network": "cnn", "epochs": 3, "batch_size": 4}
-    result = launch(2, {**arguments, "threads": 1, "precision": "fp32"})
+    result = vesalius.train(**arguments, threads=1, precision="fp32", nproc=2)
     assert (result.epochs, result.stopped) == (3, "epochs")
     summary = result.validation  # rank 0 validated the fold on every validation case
     split = json.loads((result.run_dir / "training.json").read_text(encoding="utf-8"))["split"]
@@ -231,9 +233,26 @@ def test_rank_comes_from_torchrun_environment(monkeypatch):
     assert distributed.device("cuda") == torch.device("cuda", 1) and distributed.device("cuda:0").index == 0
     assert not distributed.is_writer
     with pytest.raises(VesaliusError, match="already one of a torchrun launch"):
-        launch(2, {})
+        vesalius.train("any", nproc=2)
 
 
 def test_launch_refuses_zero_processes():
     with pytest.raises(VesaliusError, match="at least one process"):
-        launch(0, {})
+        run_processes(0, print, None)
+
+
+def test_the_cause_of_a_failed_launch_is_not_the_process_that_lost_contact():
+    from types import SimpleNamespace
+
+    from vesalius.training.distributed import _cause
+
+    lost = SimpleNamespace(
+        exitcode=1,
+        timestamp=10,
+        message={"message": "VesaliusError: training process 0 lost contact with the others (Connection closed)"},
+    )
+    killed = SimpleNamespace(exitcode=-9, timestamp=12, message="", signal_name=lambda: "SIGKILL")
+    assert _cause({0: lost, 1: killed}) == (1, "it was killed by SIGKILL")
+    text = "VesaliusError: x.nii: bad file. Fix it.\nmore"
+    wrong = SimpleNamespace(exitcode=1, timestamp=11, message={"message": text})
+    assert _cause({0: lost, 1: killed, 2: wrong}) == (2, "x.nii: bad file. Fix it.")

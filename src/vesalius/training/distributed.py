@@ -19,9 +19,9 @@ A distributed run is the same run as a single-process one, spread over ranks:
   (:meth:`Distributed.writer_first`). A checkpoint holds the unwrapped network, so ``--resume`` works with any
   number of processes;
 * **failure**: a collective that fails (a rank died, the network broke) is a one-line error on every rank; one
-  that hangs ends after ``VESALIUS_DIST_TIMEOUT`` seconds (default 600). On one machine, :func:`launch` (``vesalius
-  train --nproc N``) runs the ranks with torch's elastic launcher, which stops the others when one fails and
-  reports which rank failed and why.
+  that hangs ends after ``VESALIUS_DIST_TIMEOUT`` seconds (default 600). On one machine,
+  :func:`run_processes` (``vesalius train --nproc N``) runs the ranks with torch's elastic launcher, which stops
+  the others when one fails and reports which rank failed and why.
 
 Backends: gloo on CPUs, NCCL on CUDA devices (rank ``LOCAL_RANK`` uses ``cuda:LOCAL_RANK``). The ranks' geometry
 comes from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``).
@@ -43,10 +43,11 @@ import torch
 
 from vesalius.errors import VesaliusError
 
-__all__ = ["Distributed", "launch", "run_processes"]
+__all__ = ["Distributed", "run_processes"]
 
 #: Seconds a collective may wait for the other ranks before the run ends with an error.
 DEFAULT_TIMEOUT_S = 600.0
+LOST_CONTACT = "lost contact with the others"
 
 
 def _int_env(name: str, default: int) -> int:
@@ -153,7 +154,7 @@ class Distributed:
             return operation(*args, **kwargs)
         except (RuntimeError, OSError) as e:
             raise VesaliusError(
-                f"training process {self.rank} lost contact with the others ({str(e).splitlines()[0][:160]})",
+                f"training process {self.rank} {LOST_CONTACT} ({str(e).splitlines()[0][:160]})",
                 remedy="another process stopped (see its error above) or the network failed; continue the run "
                 "with --resume",
             ) from None
@@ -192,21 +193,6 @@ class Distributed:
 
 
 # -- the launcher on one machine ---------------------------------------------------------------------------------------
-def _train_worker(arguments: dict[str, Any]) -> Any:
-    """One rank of :func:`launch`: ``vesalius.train`` with the launcher's arguments (progress on rank 0 only)."""
-    import vesalius
-
-    distributed = Distributed.from_environment()
-    show = bool(arguments.pop("show_progress", False)) and distributed.is_writer
-    return vesalius.train(**arguments, show_progress=show)
-
-
-def launch(nproc: int, arguments: dict[str, Any]) -> Any:
-    """Train with ``nproc`` processes on this machine: :func:`vesalius.train` with ``arguments`` in each rank;
-    returns rank 0's :class:`~vesalius.training.TrainingResult` (see :func:`run_processes`)."""
-    return run_processes(nproc, _train_worker, arguments)[0]
-
-
 def run_processes(nproc: int, worker: Callable[[Any], Any], argument: Any) -> dict[int, Any]:
     """``worker(argument)`` in ``nproc`` ranks on this machine; returns each rank's result by rank.
 
@@ -239,13 +225,23 @@ def run_processes(nproc: int, worker: Callable[[Any], Any], argument: Any) -> di
     try:
         return elastic_launch(config, worker)(argument)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        if failure.exitcode < 0:
-            why = f"it was killed by {failure.signal_name()}"
-        else:
-            message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
-            why = str(message).removeprefix("VesaliusError: ").splitlines()[0] if message else "no message"
+        rank, why = _cause(e.failures)
         raise VesaliusError(
             f"training process {rank} of {nproc} failed, so the run stopped: {why}",
             remedy="continue it with --resume once the cause is fixed",
         ) from None
+
+
+def _cause(failures: dict[int, Any]) -> tuple[int, str]:
+    """The rank whose failure stopped a launch, and why: a process that lost contact with the others failed
+    because another one did, so the first failure of another kind is the cause."""
+
+    def why(failure: Any) -> str:
+        if failure.exitcode < 0:
+            return f"it was killed by {failure.signal_name()}"
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        return str(message).removeprefix("VesaliusError: ").splitlines()[0] if message else "no message"
+
+    reasons = {rank: why(failure) for rank, failure in failures.items()}
+    rank = min(reasons, key=lambda r: (LOST_CONTACT in reasons[r], failures[r].timestamp, r))
+    return rank, reasons[rank]
