@@ -282,7 +282,10 @@ def train(
     ] = None,
     stop_on_plateau: Annotated[
         int | None,
-        typer.Option(help="Segmentation: stop after N epochs without a gain in the smoothed validation Dice."),
+        typer.Option(
+            help="Segmentation: stop once the smoothed validation Dice of the last N epochs gains 0.002 or less on "
+            "the N before (judged from epoch 3N; default 10; 0: never)."
+        ),
     ] = None,
     pretrained: Annotated[
         Path | None, typer.Option(help="Classification: start from these weights (a state-dict file you supply).")

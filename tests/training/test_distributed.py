@@ -47,8 +47,8 @@ SETTINGS: dict[str, Any] = {
 
 
 def _train_rank(arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """One rank of a 2-process run: train (stopping after epoch ``stop_after`` when given) and return this rank's
-    network weights."""
+    """One rank of a 2-process run: train (with ``settings`` over :data:`SETTINGS`, stopping after epoch
+    ``stop_after`` when given) and return this rank's network weights."""
     from vesalius.training import loop
 
     weights: dict[str, torch.Tensor] = {}
@@ -67,7 +67,8 @@ def _train_rank(arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
             raise KeyboardInterrupt
 
     with contextlib.suppress(KeyboardInterrupt):
-        train_segmentation(SegmentationSettings(**SETTINGS), arguments["workspace"], callbacks=[stop])
+        settings = SegmentationSettings(**{**SETTINGS, **arguments.get("settings", {})})
+        train_segmentation(settings, arguments["workspace"], callbacks=[stop])
     return weights
 
 
@@ -90,29 +91,32 @@ def one_process(planned: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 
 @pytest.mark.slow
-def test_two_processes_take_the_steps_of_one_and_agree(planned, one_process, tmp_path):
+def test_two_processes_take_the_steps_of_one_and_resume_in_one(planned, one_process, tmp_path):
+    """The first epoch in 2 processes, the second resumed in 1: the weights of 1 process throughout (so the 2
+    processes took its steps), and the 2 processes held the same weights."""
     ws = copy_workspace(planned, tmp_path)
-    weights = run_processes(2, _train_rank, {"workspace": ws})
+    weights = run_processes(2, _train_rank, {"workspace": ws, "stop_after": 0})
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # DDP kept the ranks identical
-    _assert_close(weights[0], one_process)
     run = ws / "runs" / "ph" / "3d" / "fold_0"
-    _assert_close(_final_weights(run), weights[0])
-    outcome = json.loads((run / "outcome.json").read_text(encoding="utf-8"))
-    assert (outcome["iterations"], outcome["stopped"]) == (6, "epochs")
-    rows = (run / "log.csv").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 3  # one writer: a header and one row per epoch
+    latest = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert latest["iteration"] == 3
+    _assert_close(latest["model"], weights[0])
+    assert json.loads((run / "outcome.json").read_text(encoding="utf-8"))["stopped"] == "interrupted"
+    assert len((run / "log.csv").read_text(encoding="utf-8").splitlines()) == 2  # one writer: header, one row
+    result = train_segmentation(SegmentationSettings(**SETTINGS), ws, resume=True)
+    assert result.iterations == 6
+    _assert_close(_final_weights(result.run_dir), one_process)
     assert json.loads((run / "training.json").read_text(encoding="utf-8"))["training"]["batch_size"] == 4
 
 
 @pytest.mark.slow
-def test_a_two_process_checkpoint_resumes_in_one_process(planned, one_process, tmp_path):
+def test_the_time_budget_stops_every_process_at_the_same_iteration(planned, tmp_path):
     ws = copy_workspace(planned, tmp_path)
-    run_processes(2, _train_rank, {"workspace": ws, "stop_after": 0})
-    run = ws / "runs" / "ph" / "3d" / "fold_0"
-    assert json.loads((run / "outcome.json").read_text(encoding="utf-8"))["stopped"] == "interrupted"
-    result = train_segmentation(SegmentationSettings(**SETTINGS), ws, resume=True)
-    assert result.iterations == 6
-    _assert_close(_final_weights(result.run_dir), one_process)
+    budget = {"time_budget_s": 6.0, "epochs": 1000, "iterations_per_epoch": 2, "batch_size": 2}
+    weights = run_processes(2, _train_rank, {"workspace": ws, "settings": budget})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # else DDP would have hung
+    outcome = json.loads((ws / "runs/ph/3d/fold_0/outcome.json").read_text(encoding="utf-8"))
+    assert outcome["stopped"] == "time budget" and 2 <= outcome["iterations"] < 2000
 
 
 @pytest.mark.slow

@@ -145,8 +145,11 @@ class SegmentationSettings(_SettingsIO):
             model does not contain (:mod:`vesalius.training.adversarial`); ``adversarial_warmup``: the fraction of
             the run's iterations before the term starts (the discriminator trains from the first);
             ``adversarial_lr``: the discriminator's initial learning rate (Adam), following ``schedule``.
-        stop_on_plateau: stop when the smoothed validation pseudo-Dice (without validation: the training loss)
-            has not improved by more than 0.002 for this many epochs (0: never; :mod:`vesalius.training.plateau`).
+        stop_on_plateau: the plateau rule's window W in epochs (0: never stop on a plateau): after at least 3 W
+            epochs, stop when the mean smoothed validation pseudo-Dice (without validation: the negated training
+            loss) of the last W epochs beats the W before by 0.002 or less (:mod:`vesalius.training.plateau`).
+            On by default with W = 10: on the CT patches it ended a 30-minute plan after a third of its iterations
+            with a better Dice, and runs of fewer than 30 epochs never stop on it.
     """
 
     dataset: str
@@ -174,7 +177,7 @@ class SegmentationSettings(_SettingsIO):
     adversarial: float = 0.0
     adversarial_warmup: float = 0.2
     adversarial_lr: float = 2e-4
-    stop_on_plateau: int = 0
+    stop_on_plateau: int = 10
 
     #: Settings a resumed run may change; everything else must match the saved ``training.json``. ``width`` is not
     #: among them (it is the network, and it names the run folder); nor is ``initial_weights`` (a resumed run
@@ -204,7 +207,7 @@ class SegmentationSettings(_SettingsIO):
         ):
             raise VesaliusError(
                 f"--stop-on-plateau needs a whole number of epochs, not {self.stop_on_plateau!r}",
-                remedy="give 0 (never) or e.g. 5",
+                remedy="give 0 (never) or a window of epochs, e.g. 10",
             )
 
     @property
