@@ -196,7 +196,7 @@ class TrainingLoop:
             )
         else:
             self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, weight_decay=decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.adversary = head.build_adversary(self.device, self.dtype)
         self.epoch = 0
         self.iteration = 0
