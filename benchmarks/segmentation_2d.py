@@ -54,12 +54,13 @@ SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _import(name: str, source: Path) -> None:
+def _import(name: str, source: Path, workspace: Path = WORK) -> None:
+    """Import ``source`` as data set ``name`` into ``workspace`` (once) with the set's import options."""
     import vesalius
     from vesalius.workspace import Workspace
 
-    if not (Workspace(WORK).dataset_dir(name) / "dataset.json").exists():
-        vesalius.import_dataset(source, name, workspace=WORK, **SOURCES[name][1])
+    if not (Workspace(workspace).dataset_dir(name) / "dataset.json").exists():
+        vesalius.import_dataset(source, name, workspace=workspace, **SOURCES[name][1])
 
 
 def _chase_extras(run: Path, source: Path, val: list[str]) -> dict[str, float]:
