@@ -139,7 +139,8 @@ def test_a_killed_process_stops_the_run_with_a_one_line_error(planned, tmp_path)
     assert "Traceback" not in stderr and len(lines) == 1, stderr
     # the killed process is named, not the one that lost contact with it
     assert re.search(r"training process [01] of 2 failed.*killed by SIGKILL.*--resume", lines[0]), lines[0]
-    assert json.loads(outcome.read_text(encoding="utf-8"))["stopped"] is None  # the record still says: resumable
+    # the record says the run did not finish (rank 0 may have seen the lost contact first), and it can resume
+    assert json.loads(outcome.read_text(encoding="utf-8"))["stopped"] in (None, "error")
 
 
 def _children(pid: int) -> list[int]:

@@ -181,15 +181,34 @@ class Distributed:
         global batch's statistics; see the module docstring for why the gradient comes out right)."""
         if not self.enabled:
             return values
-        from torch.distributed.nn.functional import all_reduce
-
-        return self._collective(all_reduce, values)
+        return self._collective(_SumOverRanks.apply, values)
 
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
 
             self._collective(dist.barrier)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """A sum over the ranks whose gradient is the sum of the ranks' gradients (written here because torch's own,
+    ``torch.distributed.nn.functional.all_reduce``, is deprecated and its replacement is private)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = values.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = gradient.clone()
+        dist.all_reduce(total)
+        return total
 
 
 # -- the launcher on one machine ---------------------------------------------------------------------------------------
