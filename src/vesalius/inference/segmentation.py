@@ -56,6 +56,7 @@ def predict_image(
         image: ``(C, *spatial)`` with the trained channels, on its native grid.
         trained: the trained configuration: filters, spacing, normalisation, patch, mirror axes, batch and, for a 2D
             configuration of 3D data, the slice axis (the volume is then predicted slice by slice, slices batched).
+            A CT is predicted only in the box around its tissue (:mod:`vesalius.inference.roi`).
         mirror_axes: patch axes to mirror for test-time augmentation; ``None``: the trained ones; ``()``: none.
         step: window step as a fraction of the patch (0.5: windows overlap by half).
         batch_size: windows (or slices) per forward pass; ``None``: the training batch size.
@@ -99,6 +100,8 @@ def predict_image(
         probabilities_of,
         filters=trained.filters,
         return_probabilities=return_probabilities,
+        window=patch_size,
+        slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
     )
     return (labels, probabilities) if probabilities is not None else labels
 

@@ -138,6 +138,8 @@ class Predictor:
             probabilities_of,
             filters=contract.filters,
             return_probabilities=return_probabilities,
+            window=window.patch_size,
+            slice_axis=slice_axis,
         )
         decision = self._segmentation().postprocessing_decision(postprocess=postprocess, fill_holes=fill_holes)
         if decision:
