@@ -48,6 +48,7 @@ def predict_image(
     device: str | torch.device = "cpu",
     precision: str | None = None,
     return_probabilities: bool = False,
+    roi: bool = True,
 ) -> Image | tuple[Image, Image]:
     """Segment ``image`` with ``model``, trained as ``trained`` says.
 
@@ -56,7 +57,8 @@ def predict_image(
         image: ``(C, *spatial)`` with the trained channels, on its native grid.
         trained: the trained configuration: filters, spacing, normalisation, patch, mirror axes, batch and, for a 2D
             configuration of 3D data, the slice axis (the volume is then predicted slice by slice, slices batched).
-            A CT is predicted only in the box around its tissue (:mod:`vesalius.inference.roi`).
+            A CT is predicted only in the box around its tissue (:mod:`vesalius.inference.roi`) unless ``roi`` is
+            false.
         mirror_axes: patch axes to mirror for test-time augmentation; ``None``: the trained ones; ``()``: none.
         step: window step as a fraction of the patch (0.5: windows overlap by half).
         batch_size: windows (or slices) per forward pass; ``None``: the training batch size.
@@ -65,6 +67,7 @@ def predict_image(
             ``"bf16"`` or ``"fp16"`` (CUDA); ``None``: the precision the model was trained with
             (:mod:`vesalius.precision`).
         return_probabilities: also return the class probabilities.
+        roi: skip the windows of a CT's air (:mod:`vesalius.inference.roi`); false: cover the whole image.
 
     Returns:
         The ``uint8`` label map ``(1, *spatial)`` with the geometry of ``image``; with ``return_probabilities``,
@@ -100,7 +103,7 @@ def predict_image(
         probabilities_of,
         filters=trained.filters,
         return_probabilities=return_probabilities,
-        window=patch_size,
+        window=patch_size if roi else None,
         slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
     )
     return (labels, probabilities) if probabilities is not None else labels
