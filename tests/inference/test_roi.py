@@ -13,7 +13,6 @@ from tests.inference.test_segmentation import _encoded_case, _oracle
 from vesalius.inference.image import segment_image
 from vesalius.inference.roi import tissue_box
 from vesalius.inference.segmentation import predict_image
-from vesalius.inference.sliding_window import predict_probabilities
 from vesalius.io import Image
 from vesalius.planning.plan import Normalization
 
@@ -96,11 +95,7 @@ def test_a_ct_in_air_is_predicted_exactly_from_a_part_of_the_windows() -> None:
     with_box = model.voxels
 
     whole = _Counting(_oracle(3))
-
-    def everywhere(data: np.ndarray) -> np.ndarray:
-        return predict_probabilities(whole, data, (16, 16, 8), step=0.5, batch_size=2).numpy()
-
-    labels_whole, _ = segment_image(image, (1.0, 1.0, 2.5), [CT], everywhere)
+    labels_whole = predict_image(whole, image, trained, step=0.5, batch_size=2, roi=False)
     np.testing.assert_array_equal(labels_whole.array, label)
     assert with_box < 0.6 * whole.voxels  # the air around the body took more than 40 % of the windows
 
