@@ -122,6 +122,7 @@ def main() -> int:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--network", default=None, help="Segmentation network family (default: the plan's).")
+    parser.add_argument("--epochs", type=int, default=None, help="Epochs of 250 iterations (default: the plan's).")
     args = parser.parse_args()
 
     import vesalius
@@ -141,6 +142,8 @@ def main() -> int:
     settings: dict[str, Any] = {"seed": args.seed, "force": True}
     if args.network:
         settings["network"] = args.network
+    if args.epochs:
+        settings["epochs"] = args.epochs
     result = vesalius.train(name, "2d", args.fold, workspace=WORK, report=False, **settings)
     summary = result.validation or {}
     val = list(summary.get("cases", {}))
