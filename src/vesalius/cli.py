@@ -22,7 +22,7 @@ from vesalius.errors import VesaliusError
 from vesalius.pacs.commands import PasswordOption, TimeoutOption, TokenOption, UserOption, pacs_app
 from vesalius.serving.commands_models import models_app
 from vesalius.serving.commands_serve import monitor_app, serve_app
-from vesalius.units import parse_duration
+from vesalius.units import format_duration, parse_duration
 
 app = typer.Typer(
     name="vesalius",
@@ -222,7 +222,7 @@ def plan(
         out.print(
             f"{key}: spacing {list(configuration.spacing)}, patch {list(configuration.patch_size)}, "
             f"batch {configuration.batch_size}, features {list(configuration.features)}, "
-            f"~{configuration.iterations} iterations in the budget",
+            f"{_iterations_and_need(configuration)}",
             markup=False,
             highlight=False,
         )
@@ -234,6 +234,17 @@ def plan(
         ]
         out.print(f"filters: {described}", markup=False)
     out.print(f"plan written to {ws.plan_path(name)}", markup=False, highlight=False)
+
+
+def _iterations_and_need(configuration: Any) -> str:
+    """A segmentation configuration's iterations, and what it expects the data set to need."""
+    needed, seconds = configuration.iterations_needed, configuration.expected_training_s
+    if needed is None or seconds is None:  # a plan of an earlier version
+        return f"~{configuration.iterations} iterations in the budget"
+    expected = f"~{format_duration(seconds)} on the planned device"
+    if configuration.iterations < needed:
+        return f"~{configuration.iterations} iterations in the budget; the data set needs ~{needed} ({expected})"
+    return f"~{configuration.iterations} iterations, what the data set needs ({expected}; the budget allows more)"
 
 
 @app.command()

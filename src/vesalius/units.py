@@ -6,7 +6,7 @@ import math
 
 from vesalius.errors import VesaliusError
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["format_duration", "parse_duration", "parse_size"]
 
 
 def parse_duration(text: str) -> float:
@@ -20,6 +20,14 @@ def parse_duration(text: str) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise VesaliusError(f"the duration '{text}' must be positive", remedy="write it like 30m, 2h or 900s")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as people say it: ``45 s``, ``30 min``, ``2 h 5 min``."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def parse_size(text: str) -> int:

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from vesalius.cli import main
+from vesalius.data.synthetic import write_segmentation_dataset
 from vesalius.errors import VesaliusError
+from vesalius.planning.plan import Plan
+from vesalius.units import format_duration
 
 
 def _run_module(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,6 +78,29 @@ def test_verify_uses_vesalius_home(msd_source, _isolated_home, capsys):
     assert (_isolated_home / "datasets" / "home" / "dataset.json").is_file()
     assert main(["verify", "home"]) == 0
     capsys.readouterr()
+
+
+def test_plan_prints_the_iterations_and_what_the_data_set_needs(tmp_path, workspace, capsys):
+    source = write_segmentation_dataset(tmp_path / "phantom", num_cases=4, seed=0)
+    assert main(["import", str(source), "tiny", "--workspace", str(workspace)]) == 0
+    for budget in ("30m", "60s"):
+        capsys.readouterr()
+        assert main(["plan", "tiny", "-w", str(workspace), "--time-budget", budget]) == 0
+        lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+        plan = Plan.load(workspace / "preprocessed" / "tiny" / "plan.json")
+        for key, configuration in plan.configurations.items():
+            needed, iterations = configuration.iterations_needed, configuration.iterations
+            expected = f"~{format_duration(configuration.expected_training_s)} on the planned device"
+            if budget == "30m":  # 4 small phantoms need far less than 30 minutes
+                assert iterations == needed
+                assert lines[key].endswith(
+                    f"~{needed} iterations, what the data set needs ({expected}; the budget allows more)"
+                )
+            else:
+                assert iterations < needed
+                assert lines[key].endswith(
+                    f"~{iterations} iterations in the budget; the data set needs ~{needed} ({expected})"
+                )
 
 
 def test_missing_source_folder(tmp_path, workspace, capsys):

@@ -16,12 +16,14 @@ from vesalius.planning.plan import TrainingSuggestion
 from vesalius.planning.planner import make_plan, plan_dataset
 from vesalius.planning.rules import (
     features_per_stage,
+    iterations_needed,
     load_rules,
     mirror_axes,
     network_family,
     network_stem,
     normalization,
     patch_and_batch,
+    seconds_per_iteration,
     target_spacing,
     topology,
     training_defaults,
@@ -128,9 +130,66 @@ def test_a_costlier_network_gets_fewer_iterations_and_a_batch_that_keeps_the_min
     _, batch, iterations = patch_and_batch((40, 56, 40), 208, "cpu", 1800, 8, 16, rules)
     _, batch_full, iterations_full = patch_and_batch((40, 56, 40), 208, "cpu", 1800, 8, 16, rules, 3.0)
     assert batch_full == batch == 10
-    assert iterations_full == pytest.approx(iterations / 3, abs=1)
+    step_s = seconds_per_iteration(40 * 56 * 40, 10, "cpu", 16, rules, 3.0)
+    assert iterations_full == int(1800 / step_s) < iterations / 2.5
     _, batch_small, iterations_small = patch_and_batch((40, 56, 40), 2000, "cpu", 600, 8, 16, rules, 3.0)
     assert batch_small < 10 and iterations_small >= rules["devices"]["cpu"]["min_iterations"]
+
+
+def test_a_step_costs_a_fixed_overhead_plus_its_voxels_at_the_throughput(rules: dict) -> None:
+    rules["devices"]["cpu"].update({"voxels_per_second": 1e6, "step_overhead_s": 0.03})
+    # 6 patches of 48 x 48 = 13824 voxels at 1e6 per second, 16 base features: 0.013824 s, + 0.03
+    assert seconds_per_iteration(48 * 48, 6, "cpu", 16, rules) == pytest.approx(0.043824)
+    # twice the features or a network that costs 3 times as much: the voxel part grows, the overhead does not
+    assert seconds_per_iteration(48 * 48, 6, "cpu", 32, rules) == pytest.approx(0.03 + 2 * 0.013824)
+    assert seconds_per_iteration(48 * 48, 6, "cpu", 16, rules, 3.0) == pytest.approx(0.03 + 3 * 0.013824)
+    _, _, iterations = patch_and_batch((48, 48), 130, "cpu", 600, 8, 16, rules)
+    assert iterations == int(600 / 0.043824)
+
+
+def test_a_data_set_of_tiny_images_needs_fewer_iterations_than_the_budget_allows(rules: dict) -> None:
+    rules["passes_to_converge"] = {"cpu": 400, "cuda": None}
+    # 130 images of 48 x 48 seen 6 whole images per step: 400 passes are 400 x 130 / 6 = 8666.7 steps
+    assert iterations_needed(130, (48.0, 48.0), (48, 48), 6, "cpu", rules) == 8667
+    # a patch a quarter of the image sees a quarter of it per step: 4 times the steps
+    assert iterations_needed(130, (96.0, 96.0), (48, 48), 6, "cpu", rules) == 34667
+    # never more than the device's cap; GPU plans keep the cap (nnU-Net's fixed schedule)
+    assert (
+        iterations_needed(10_000, (512.0, 512.0), (48, 48), 2, "cpu", rules)
+        == rules["devices"]["cpu"]["max_iterations"]
+    )
+    assert (
+        iterations_needed(130, (48.0, 48.0), (48, 48), 6, "cuda", rules) == rules["devices"]["cuda"]["max_iterations"]
+    )
+
+
+def _square_images_plan(num_cases: int, side: int, budget_s: float):  # type: ignore[no-untyped-def]
+    dataset = Dataset("toy", "segmentation", 2, ["CT"], {0: "background", 1: "tumour"}, [], modalities=["CT"])
+    fingerprint = Fingerprint(
+        spacings=[[1.0, 1.0]] * num_cases,
+        shapes_before_crop=[[side, side]] * num_cases,
+        shapes_after_crop=[[side, side]] * num_cases,
+        intensity=[{"mean": 0.0, "std": 1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0}],
+        class_fraction={"0": 0.9, "1": 0.1},
+        crop_shrink=1.0,
+        modalities=["CT"],
+        num_cases=num_cases,
+    )
+    return make_plan(fingerprint, dataset, time_budget_s=budget_s).configuration("2d")
+
+
+def test_the_plan_takes_the_fewer_of_what_the_data_needs_and_the_budget_allows(rules: dict) -> None:
+    tiny = _square_images_plan(130, 48, 1800)
+    needed = iterations_needed(130, (48.0, 48.0), tuple(tiny.patch_size), tiny.batch_size, "cpu", rules)
+    assert tiny.iterations == tiny.iterations_needed == needed
+    step_s = seconds_per_iteration(float(np.prod(tiny.patch_size)), tiny.batch_size, "cpu", 16, rules)
+    assert tiny.expected_training_s == pytest.approx(needed * step_s, abs=0.1)
+    assert tiny.expected_training_s < 1800 / 2  # the data set needs far less than its 30 minutes
+    # a longer budget changes neither what the data needs nor the plan's iterations
+    assert _square_images_plan(130, 48, 7200).iterations == needed
+    large = _square_images_plan(138, 512, 1800)
+    assert large.iterations < large.iterations_needed  # the budget, not the data, sets the iterations
+    assert large.expected_training_s > 1800
 
 
 def test_the_first_stage_is_full_resolution_where_the_rules_list_the_configuration(rules: dict) -> None:

@@ -201,7 +201,7 @@ class Configuration:
         strides: per stage, the downsampling stride per axis (the first stage's is ``1`` with ``stem="full"``).
         kernels: per stage, the convolution kernel size per axis.
         features: per stage, the number of feature maps.
-        iterations: training iterations the time budget allows.
+        iterations: training iterations: what the time budget allows or, when fewer, :attr:`iterations_needed`.
         deep_supervision: train with losses at every decoder resolution.
         stem: ``"full"`` (a first stage at full resolution) or ``"strided"``.
         residual_units: convolutions per residual unit.
@@ -210,6 +210,9 @@ class Configuration:
         mirror_axes: patch axes that augmentation and test-time augmentation may mirror.
         slice_axis: 2D configurations of 3D data: the axis across which the volume is cut into slices.
         spacing_full: 2D configurations of 3D data: the target spacing of all three axes.
+        iterations_needed: the iterations the data set is expected to need to converge, whatever the budget
+            (:func:`vesalius.planning.rules.iterations_needed`; ``None`` in plans of earlier versions).
+        expected_training_s: the planner's estimate of the seconds those iterations take on the planned device.
     """
 
     spacing: tuple[float, ...]
@@ -227,6 +230,8 @@ class Configuration:
     mirror_axes: tuple[int, ...] = ()
     slice_axis: int | None = None
     spacing_full: tuple[float, ...] | None = None
+    iterations_needed: int | None = None
+    expected_training_s: float | None = None
 
     def __post_init__(self) -> None:
         dims = len(self.patch_size)

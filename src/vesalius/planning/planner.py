@@ -2,7 +2,8 @@
 
 A plan (:class:`vesalius.planning.plan.Plan`) holds the normalisation per channel and one configuration per way of
 training (``"2d"``, ``"3d"``): target spacing, patch size, batch size, strides and kernels per stage, features per
-stage, the number of iterations the budget allows, the network family (``network``), the layout of the first stage
+stage, the number of iterations the budget allows (or the data set needs, when fewer) and the time the data set
+is expected to need, the network family (``network``), the layout of the first stage
 (``stem``) and the axes augmentation may mirror (in the configuration's patch axes); ``training`` suggests the
 optimizer and schedule for the planned device; ``filters``, only when asked for (``n4``, ``denoise``), the intensity
 filters of each channel. Every number comes from a rule in :mod:`vesalius.planning.rules`.
@@ -25,12 +26,14 @@ from vesalius.planning.rules import (
     Rules,
     features_per_stage,
     intensity_filters,
+    iterations_needed,
     load_rules,
     mirror_axes,
     network_family,
     network_stem,
     normalization,
     patch_and_batch,
+    seconds_per_iteration,
     target_spacing,
     topology,
     training_defaults,
@@ -142,6 +145,8 @@ def _configuration(
     )
     strides, kernels, patch = topology(patch, spacing, rules, key)
     _, batch, iterations = patch_and_batch(patch, num_samples, device, budget, memory, base, rules, cost)
+    needed = iterations_needed(num_samples, median_shape, patch, batch, device, rules)
+    step_s = seconds_per_iteration(float(np.prod(patch)), batch, device, base, rules, cost)
     return {
         "spacing": list(spacing),
         "median_shape": [round(float(s), 1) for s in median_shape],
@@ -150,7 +155,9 @@ def _configuration(
         "strides": strides,
         "kernels": kernels,
         "features": features_per_stage(len(strides), device, key, rules),
-        "iterations": iterations,
+        "iterations": min(iterations, needed),
+        "iterations_needed": needed,
+        "expected_training_s": round(needed * step_s, 1),
         "deep_supervision": True,
         "network": network_family(device, key, rules),
         **stem,

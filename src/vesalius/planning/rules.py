@@ -207,15 +207,17 @@ def patch_and_batch(
     ``min_iterations`` at the minimum batch. Then the batch grows while ``min_iterations`` still fit, up to
     ``max_batch_dataset_fraction`` of the samples and what fits in memory (at least ``min_batch``).
 
-    The cost model is ``devices[device].voxels_per_second`` (patch voxels x batch processed per second in a
-    forward+backward pass, measured on a 2-core CPU and an H100 for the default widths) scaled by
+    The patch and batch follow ``devices[device].voxels_per_second`` (patch voxels x batch processed per second in
+    a forward+backward pass, measured on a 2-core CPU and an H100 for the default widths) scaled by
     16 / ``base_features`` and divided by ``relative_cost`` (the network's time per iteration relative to the
-    default layout, e.g. ``full_resolution_stage_cost``). The iterations are capped at ``max_iterations`` (nnU-Net's
-    1000 epochs of 250 on a GPU): tiny images would otherwise be planned millions of iterations.
+    default layout, e.g. ``full_resolution_stage_cost``); the iterations are the budget over
+    :func:`seconds_per_iteration`, capped at ``max_iterations`` (nnU-Net's 1000 epochs of 250 on a GPU): tiny images
+    would otherwise be planned millions of iterations.
     """
     dev = rules["devices"]["cuda" if device.startswith("cuda") else "cpu"]
     throughput = dev["voxels_per_second"] * 16.0 / base_features / relative_cost
-    voxel_budget = time_budget_s * throughput / dev["min_iterations"]  # patch voxels x batch per iteration
+    # patch voxels x batch per iteration that still leave min_iterations of seconds_per_iteration in the budget
+    voxel_budget = max(time_budget_s / dev["min_iterations"] - dev["step_overhead_s"], 0.0) * throughput
     memory_voxels = memory_gb * 1e9 / (rules["activation_bytes_per_voxel_feature"] * base_features * 2)
     patch = np.asarray(median_shape, dtype=float)
     min_batch = rules["min_batch"]
@@ -230,8 +232,55 @@ def patch_and_batch(
     max_batch = max(min_batch, int(num_cases * rules["max_batch_dataset_fraction"]))
     max_batch = min(max_batch, max(min_batch, int(memory_voxels // voxels)))
     batch = int(np.clip(voxel_budget // voxels, min_batch, max_batch))
-    iterations = min(int(time_budget_s * throughput / (voxels * batch)), int(dev["max_iterations"]))
+    step_s = seconds_per_iteration(voxels, batch, device, base_features, rules, relative_cost)
+    iterations = min(int(time_budget_s / step_s), int(dev["max_iterations"]))
     return patch_size, batch, iterations
+
+
+def seconds_per_iteration(
+    patch_voxels: float, batch: int, device: str, base_features: int, rules: Rules, relative_cost: float = 1.0
+) -> float:
+    """The planner's estimate of one training step's seconds: ``devices[device].step_overhead_s`` plus
+    ``patch_voxels x batch`` at the throughput of :func:`patch_and_batch`.
+
+    The overhead is the part of a step that does not grow with the patch (sampling, augmentation, the optimiser,
+    Python around the network). It dominates tiny patches: 6 CT patches of 48 x 48 took 0.039 s per step on 2 CPU
+    threads (``benchmarks/segmentation_2d.py lung``) where the throughput alone predicts 0.005 s. The GPU's is
+    0 until a GPU run measures it.
+    """
+    dev = rules["devices"]["cuda" if device.startswith("cuda") else "cpu"]
+    throughput = dev["voxels_per_second"] * 16.0 / base_features / relative_cost
+    return float(dev["step_overhead_s"] + patch_voxels * batch / throughput)
+
+
+def iterations_needed(
+    num_samples: int,
+    median_shape: tuple[float, ...],
+    patch_size: tuple[int, ...],
+    batch: int,
+    device: str,
+    rules: Rules,
+) -> int:
+    """The training iterations a data set is expected to need: ``passes_to_converge[device]`` passes of the
+    training patches over its voxels (``num_samples`` images of ``median_shape``), at most ``max_iterations``.
+
+    Why passes over the voxels: a data set of tiny images converges in far fewer steps than its time budget allows
+    (130 CT patches of 48 x 48 got 48000 iterations from a 30-minute CPU budget), and how many steps it needs grows
+    with how much image there is to see per step. On the CT patches with the CPU recipe (AdamW, cosine decay) the
+    smoothed validation pseudo-Dice stopped rising after about 740 passes when the schedule ran longer (the
+    plateau rule stopped the 30-minute plan there, ``benchmarks/plateau.py``), and a schedule of 400 passes cost
+    validation Dice (``benchmarks/RESULTS.md``, "Budgets that fit the data"). Larger data sets need more steps than
+    a CPU budget allows (Hippocampus, Montgomery and CHASE_DB1 at 30 minutes: 25-200 passes, still climbing), so
+    the rule leaves their plans alone. GPU plans (SGD with poly decay, another recipe, not measured here) keep
+    nnU-Net's fixed ``max_iterations``: ``passes_to_converge["cuda"]`` is ``null``.
+    """
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    cap = int(rules["devices"][dev]["max_iterations"])
+    passes = rules["passes_to_converge"][dev]
+    if passes is None:
+        return cap
+    voxels = num_samples * float(np.prod(median_shape))
+    return int(min(cap, max(1, math.ceil(passes * voxels / (float(np.prod(patch_size)) * batch)))))
 
 
 def mirror_axes(class_centroids: list[dict[str, list[float]]], spatial_dims: int, rules: Rules) -> tuple[int, ...]:

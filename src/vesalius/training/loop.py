@@ -63,6 +63,7 @@ from vesalius.training.distributed import Distributed
 from vesalius.training.logs import IterationLog, TrainingLog, iteration_log_interval
 from vesalius.training.schedule import learning_rate
 from vesalius.training.settings import Settings
+from vesalius.units import format_duration
 
 __all__ = ["EpochCallback", "ProgressBar", "TaskHead", "TrainingLoop", "TrainingResult"]
 
@@ -531,7 +532,7 @@ class TrainingLoop:
         if stopped == "epochs":
             return f"completed all {self.planned_epochs} planned epochs ({self.iteration} iterations)"
         if stopped == "time budget":
-            return f"time budget of {_duration(float(self.settings.time_budget_s or 0.0))} reached after {done}"
+            return f"time budget of {format_duration(float(self.settings.time_budget_s or 0.0))} reached after {done}"
         if stopped == "early stopping":
             patience = getattr(self.settings, "early_stopping", None)
             return f"early stopping: no better validation score for {patience} epochs, after {done}"
@@ -543,14 +544,6 @@ class TrainingLoop:
         if stopped == "error":
             return f"stopped by an error after {done}: {detail}"
         return f"{stopped} after {done}"
-
-
-def _duration(seconds: float) -> str:
-    """``seconds`` as people say it: ``45 s``, ``30 min``, ``2 h 5 min``."""
-    if seconds < 120:
-        return f"{seconds:g} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
 class ProgressBar:
