@@ -11,11 +11,13 @@ import pytest
 from vesalius.data.importers import import_dataset
 from vesalius.data.synthetic import write_segmentation_dataset
 from vesalius.io import Geometry, Image
+from vesalius.io.locking import folder_lock
 from vesalius.planning.plan import Normalization
 from vesalius.planning.planner import plan_dataset
 from vesalius.preprocessing.normalize import normalize
 from vesalius.preprocessing.pipeline import preprocess_dataset, preprocess_image, restore_to_original
 from vesalius.preprocessing.spatial import crop, grid_for_spacing
+from vesalius.workspace import Workspace
 
 ROTATION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -110,6 +112,35 @@ def test_cached_cases_are_made_again_when_the_plan_spacing_changes(tmp_path: Pat
     assert second["original_shape"] == first["original_shape"]
     assert np.load(folder / f"{case}.npy").shape[1:] == tuple(second["shape"])
     assert all(b <= (a + 1) // 2 + 1 for a, b in zip(first["shape"], second["shape"], strict=True))
+
+
+def test_a_second_caller_waits_for_the_first_and_leaves_its_writes_alone(tmp_path: Path) -> None:
+    """Two trainings of one data set, started together, both preprocess it first: the later one must wait."""
+    import threading
+
+    source = write_segmentation_dataset(tmp_path / "phantom", num_cases=2, seed=3)
+    workspace = tmp_path / "ws"
+    import_dataset(source, "phantom", workspace=workspace)
+    plan_dataset("phantom", workspace, workers=1)
+    folder = Workspace(workspace).preprocessed_dir("phantom", "3d")
+    in_flight = folder / ".tmp-being-written.npy"
+    returned = threading.Event()
+
+    def second_caller() -> None:
+        preprocess_dataset("phantom", "3d", workspace, workers=1)
+        returned.set()
+
+    with folder_lock(folder):  # the first caller, in the middle of a write
+        in_flight.write_bytes(b"half a case")
+        thread = threading.Thread(target=second_caller)
+        thread.start()
+        assert not returned.wait(1.5), "the second caller did not wait for the lock"
+        assert in_flight.read_bytes() == b"half a case", "the second caller removed a write in progress"
+        in_flight.unlink()  # the first caller's write ends (renamed to its case's name)
+    thread.join(timeout=120)
+    assert returned.is_set()
+    assert sorted(p.name for p in folder.glob("phantom_*.json")) == ["phantom_000.json", "phantom_001.json"]
+    assert not list(folder.glob(".tmp-*"))
 
 
 @pytest.mark.slow

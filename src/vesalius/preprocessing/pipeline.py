@@ -21,6 +21,7 @@ from vesalius.errors import VesaliusError
 from vesalius.io import Geometry, Image
 from vesalius.io.atomic import atomic_path, write_json_atomic
 from vesalius.io.image import nonzero_box
+from vesalius.io.locking import folder_lock
 from vesalius.planning.plan import ChannelFilters, Normalization, Plan
 from vesalius.preprocessing.filters import apply_filters
 from vesalius.preprocessing.normalize import normalize
@@ -141,7 +142,9 @@ def preprocess_dataset(
     Resumable: cases already done (their ``.json`` exists) are skipped, and temporary files of writes a killed run
     left unfinished are removed. The folder's ``plan.json`` records the
     plan the cases were made with; when the plan's spacing, normalisation, channels or filters changed since, the
-    cached cases are made again.
+    cached cases are made again. Every training calls this first, so several trainings of one data set started
+    together (one per fold) would clean up and write each other's files: the folder is locked
+    (:func:`~vesalius.io.locking.folder_lock`), and the later callers wait, then find the cases done.
     """
     from vesalius.planning.planner import load_plan
 
@@ -150,16 +153,18 @@ def preprocess_dataset(
     plan = load_plan(name, ws)
     plan.configuration(config)  # a clear error for a configuration the plan does not have
     folder = ws.preprocessed_dir(name, config)
-    folder.mkdir(parents=True, exist_ok=True)
-    for leftover in folder.glob(".tmp-*"):  # a write that a killed run did not finish
-        leftover.unlink()
-    _drop_stale_cases(folder, plan, config)
-    plan.save(folder / "plan.json")
-    # A case is done when its .json exists: it is written last.
-    jobs = [(dataset, c, plan, config, folder) for c in dataset.cases if not (folder / f"{c.case_id}.json").exists()]
-    if jobs:
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-            for case_id in pool.map(_preprocess_one, jobs):
-                if on_case:
-                    on_case(case_id)
+    with folder_lock(folder):
+        for leftover in folder.glob(".tmp-*"):  # a write that a killed run did not finish
+            leftover.unlink()
+        _drop_stale_cases(folder, plan, config)
+        plan.save(folder / "plan.json")
+        # A case is done when its .json exists: it is written last.
+        jobs = [
+            (dataset, c, plan, config, folder) for c in dataset.cases if not (folder / f"{c.case_id}.json").exists()
+        ]
+        if jobs:
+            with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+                for case_id in pool.map(_preprocess_one, jobs):
+                    if on_case:
+                        on_case(case_id)
     return folder

@@ -19,26 +19,24 @@ A package is copied under a temporary name, checked (every member's SHA-256, as 
 .Package` checks it) and only then renamed to ``vN.vpkg``, before ``registry.json`` names it: a killed ``add``
 leaves no half file under a version's name and no entry without its file (at worst an unlisted ``vN.vpkg``, whose
 number is then skipped, never reused). A stored file that went missing or changed is reported by
-:meth:`Registry.verify`. The lock is POSIX ``fcntl.flock``: the registry runs on Linux and macOS.
+:meth:`Registry.verify`. The lock is :func:`vesalius.io.locking.folder_lock` (POSIX ``flock``).
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import json
 import re
 import shutil
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import atomic_path, write_json_atomic
+from vesalius.io.locking import folder_lock
 from vesalius.runtime.contract import ClassificationContract
 from vesalius.runtime.package import MANIFEST, STORED_SUFFIXES, SUFFIX, Package
 
@@ -218,7 +216,7 @@ class Registry:
         check_model_name(name)
         source = Path(package).absolute()
         folder = self.root / name
-        with self._locked():
+        with folder_lock(self.root):
             data = self._load()
             entry = data["models"].get(name) or {"versions": [], "aliases": {}, "alias_history": {}}
             for leftover in folder.glob(".tmp-*"):  # of an add that was killed (every add holds the lock)
@@ -265,7 +263,7 @@ class Registry:
     def promote(self, name: str, version: str, alias: str = DEFAULT_ALIAS, actor: str | None = None) -> ModelVersion:
         """Point ``alias`` of ``name`` at ``version`` (``v3`` or ``3``); nothing changes if it already points there."""
         check_alias(alias)
-        with self._locked():
+        with folder_lock(self.root):
             data = self._load()
             entry = self._entry(data, name)
             chosen = _find(self._model(name, entry), version, aliases=False)
@@ -279,7 +277,7 @@ class Registry:
         Successive rollbacks go further back; refused when the alias has no earlier version.
         """
         check_alias(alias)
-        with self._locked():
+        with folder_lock(self.root):
             data = self._load()
             entry = self._entry(data, name)
             model = self._model(name, entry)
@@ -296,13 +294,6 @@ class Registry:
         return chosen
 
     # -- internals ---------------------------------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
-            yield
-
     def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.index.read_bytes())
