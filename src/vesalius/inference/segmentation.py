@@ -78,6 +78,7 @@ def predict_image(
     patch_size = configuration.patch_size
     models = [model] if isinstance(model, nn.Module) else list(model)
     dtype = autocast_dtype(precision or trained.precision, torch.device(device))
+    slice_axis = configuration.slice_axis if len(patch_size) < image.ndim else None
 
     def probabilities_of(data: np.ndarray) -> np.ndarray:
         total = sum(
@@ -90,7 +91,7 @@ def predict_image(
                 batch_size=batch_size or configuration.batch_size,
                 device=device,
                 autocast_dtype=dtype,
-                slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
+                slice_axis=slice_axis,
             )
             for m in models
         )
@@ -104,7 +105,7 @@ def predict_image(
         filters=trained.filters,
         return_probabilities=return_probabilities,
         window=patch_size if roi else None,
-        slice_axis=configuration.slice_axis if len(patch_size) < image.ndim else None,
+        slice_axis=slice_axis,
     )
     return (labels, probabilities) if probabilities is not None else labels
 
