@@ -81,7 +81,11 @@ def plan(name: str, workspace: Any = None, **kwargs: Any) -> Any:
     """Plan a data set and save the plan: a :class:`~vesalius.planning.plan.Plan` for segmentation
     (:func:`vesalius.planning.planner.plan_dataset`: ``device``, ``time_budget_s``, ``memory_gb``, ``n4``,
     ``denoise``), a :class:`~vesalius.planning.plan.ClassificationPlan` for classification
-    (:func:`vesalius.planning.classification.plan_classification_dataset`: ``device``, ``time_budget_s``)."""
+    (:func:`vesalius.planning.classification.plan_classification_dataset`: ``device``, ``time_budget_s``).
+
+    ``group_by``: a segmentation data set's cross-validation keeps the cases of one subject in one fold, the subject
+    read from the case ids by this regular expression (:func:`vesalius.data.splits.save_subject_splits`)."""
+    group_by = kwargs.pop("group_by", None)
     if _task(name, workspace) == "classification":
         from vesalius.errors import VesaliusError
         from vesalius.planning.classification import plan_classification_dataset
@@ -91,9 +95,18 @@ def plan(name: str, workspace: Any = None, **kwargs: Any) -> Any:
             raise VesaliusError(
                 "N4 and denoising are options of segmentation plans", remedy="plan the classifier without them"
             )
+        if group_by:
+            raise VesaliusError(
+                "--group-by is an option of segmentation plans: classifiers keep stratified folds",
+                remedy="plan the classifier without it",
+            )
         return plan_classification_dataset(name, workspace, **kwargs)[0]
     from vesalius.planning.planner import plan_dataset
 
+    if group_by:  # first: a refused split leaves the plan as it was
+        from vesalius.data.splits import save_subject_splits
+
+        save_subject_splits(name, group_by, workspace)
     return plan_dataset(name, workspace, **kwargs)[0]
 
 

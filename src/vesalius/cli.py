@@ -195,17 +195,32 @@ def plan(
     denoise: Annotated[
         str | None, typer.Option(help="Edge-preserving denoising of every channel: curvature_flow or anisotropic.")
     ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep each subject's cases in one cross-validation fold; the subject is the first group of this "
+            "regular expression in the case id, e.g. 'Image_(\\d+)' or '^(.+)_scan'."
+        ),
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Fingerprint a data set and write its plan (JSON): spacing, patch, batch, network, normalisation, intensity
-    filters (classification: input size, network, batch, optimiser, augmentation)."""
+    filters (classification: input size, network, batch, optimiser, augmentation); with --group-by, its
+    cross-validation folds."""
     import vesalius
     from vesalius.planning.plan import ClassificationPlan
     from vesalius.workspace import Workspace
 
     budget = parse_duration(time_budget) if time_budget else None
     result = vesalius.plan(
-        name, workspace, device=device, time_budget_s=budget, memory_gb=memory_gb, n4=n4, denoise=denoise
+        name,
+        workspace,
+        device=device,
+        time_budget_s=budget,
+        memory_gb=memory_gb,
+        n4=n4,
+        denoise=denoise,
+        group_by=group_by,
     )
     ws = Workspace.resolve(workspace)
     if isinstance(result, ClassificationPlan):
@@ -234,6 +249,8 @@ def plan(
         ]
         out.print(f"filters: {described}", markup=False)
     out.print(f"plan written to {ws.plan_path(name)}", markup=False, highlight=False)
+    if group_by:
+        out.print(f"folds keep each subject's cases together: {ws.splits_path(name)}", markup=False, highlight=False)
 
 
 def _iterations_and_need(configuration: Any) -> str:

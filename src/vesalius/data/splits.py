@@ -8,11 +8,17 @@ Classification data sets get stratified folds instead (:func:`stratified_kfold_s
 in the data set's proportion), and keep the source's own split where it has one (:func:`classification_split`):
 ``"official"`` trains on the source's ``train`` cases and validates on its ``val`` cases. Cases of the source's
 ``test`` split are never trained or validated on.
+
+Several cases of one subject (both eyes of a child, the scans of one patient) in different folds make
+cross-validation optimistic: the network has seen the subject. When the case ids name the subject, ``vesalius plan
+--group-by REGEX`` saves a split that keeps each subject's cases in one fold (:func:`grouped_kfold_splits`); nnU-Net
+leaves this to a hand-written ``splits_final.json``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import numpy as np
 from vesalius.data.dataset import Dataset
 from vesalius.errors import VesaliusError
 from vesalius.io.atomic import write_json_atomic
+from vesalius.workspace import Workspace
 
 DEFAULT_SEED = 12345
 DEFAULT_FOLDS = 5
@@ -79,6 +86,84 @@ def stratified_kfold_splits(
         {"train": [k for k in keys if fold_of[k] != f], "val": [k for k in keys if fold_of[k] == f]}
         for f in range(folds)
     ]
+
+
+def grouped_kfold_splits(
+    case_ids: list[str], groups: Sequence[str], folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED
+) -> list[dict[str, list[str]]]:
+    """``folds`` splits ``{"train": [...], "val": [...]}`` in which the cases of a group (``groups[i]`` is the group
+    of ``case_ids[i]``) are all in the same fold.
+
+    The groups go to the folds largest first (ties in an order shuffled with ``seed``), each to the fold that holds
+    the fewest cases so far (the lowest-numbered on a tie): the fold sizes then differ by at most the largest group.
+    """
+    if len(case_ids) != len(groups):
+        raise ValueError(f"{len(case_ids)} case ids but {len(groups)} groups")
+    members: dict[str, list[str]] = {}
+    for case_id, group in sorted(zip(case_ids, groups, strict=True)):
+        members.setdefault(group, []).append(case_id)
+    names = sorted(members)
+    if len(names) < folds:
+        raise VesaliusError(
+            f"{len(names)} subjects cannot make {folds} folds", remedy="use fewer folds or a finer --group-by pattern"
+        )
+    rank = np.random.RandomState(seed).permutation(len(names))
+    sizes = [0] * folds
+    fold_of: dict[str, int] = {}
+    for i in sorted(range(len(names)), key=lambda i: (-len(members[names[i]]), rank[i])):
+        fold = sizes.index(min(sizes))
+        sizes[fold] += len(members[names[i]])
+        fold_of.update(dict.fromkeys(members[names[i]], fold))
+    keys = sorted(case_ids)
+    return [
+        {"train": [k for k in keys if fold_of[k] != f], "val": [k for k in keys if fold_of[k] == f]}
+        for f in range(folds)
+    ]
+
+
+def subjects_of(case_ids: Sequence[str], pattern: str) -> list[str]:
+    """The subject of each case id: the first group of regular expression ``pattern`` where it has one, else the
+    whole match (``re.search``); e.g. ``'Image_(\\d+)'`` gives ``Image_01L`` and ``Image_01R`` the subject ``01``."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise VesaliusError(
+            f"--group-by {pattern!r} is not a regular expression ({e})", remedy="fix the pattern"
+        ) from None
+    subjects = []
+    for case_id in case_ids:
+        match = regex.search(case_id)
+        if match is None:
+            raise VesaliusError(
+                f"case '{case_id}' does not match --group-by {pattern!r}",
+                remedy="give a pattern that every case id matches, its subject in the first group",
+            )
+        subjects.append(match.group(1) if regex.groups else match.group(0))
+    return subjects
+
+
+def save_subject_splits(
+    name: str, pattern: str, workspace: str | Path | Workspace | None = None, folds: int = DEFAULT_FOLDS
+) -> tuple[Path, int]:
+    """Save the segmentation data set ``name``'s split with each subject's cases in one fold (subjects from the case
+    ids by ``pattern``, :func:`subjects_of`); returns the split's path and the number of subjects.
+
+    A split saved before is kept when it is the same, and refused when it differs: runs trained on its folds would
+    no longer form a cross-validation with the new ones.
+    """
+    ws = Workspace.resolve(workspace)
+    case_ids = [c.case_id for c in Dataset.load(ws.dataset_dir(name)).cases]
+    subjects = subjects_of(case_ids, pattern)
+    splits = grouped_kfold_splits(case_ids, subjects, folds)
+    path = ws.splits_path(name)
+    if path.exists() and json.loads(path.read_text()) != splits:
+        raise VesaliusError(
+            "a different split was saved before (runs may have trained on its folds)",
+            path,
+            "delete the file to make the grouped split, then train the folds again",
+        )
+    write_json_atomic(path, splits)
+    return path, len(set(subjects))
 
 
 def resolve_classification_fold(fold: int | str, dataset: Dataset) -> int | str:
