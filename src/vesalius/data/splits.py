@@ -138,15 +138,15 @@ def subjects_of(case_ids: Sequence[str], pattern: str) -> list[str]:
                 f"case '{case_id}' does not match --group-by {pattern!r}",
                 remedy="give a pattern that every case id matches, its subject in the first group",
             )
-        subjects.append(match.group(1) if regex.groups else match.group(0))
+        subjects.append((match.group(1) if regex.groups else None) or match.group(0))  # an unmatched group: all
     return subjects
 
 
 def save_subject_splits(
     name: str, pattern: str, workspace: str | Path | Workspace | None = None, folds: int = DEFAULT_FOLDS
-) -> tuple[Path, int]:
+) -> Path:
     """Save the segmentation data set ``name``'s split with each subject's cases in one fold (subjects from the case
-    ids by ``pattern``, :func:`subjects_of`); returns the split's path and the number of subjects.
+    ids by ``pattern``, :func:`subjects_of`); returns the split's path.
 
     A split saved before is kept when it is the same, and refused when it differs: runs trained on its folds would
     no longer form a cross-validation with the new ones.
@@ -163,7 +163,7 @@ def save_subject_splits(
             "delete the file to make the grouped split, then train the folds again",
         )
     write_json_atomic(path, splits)
-    return path, len(set(subjects))
+    return path
 
 
 def resolve_classification_fold(fold: int | str, dataset: Dataset) -> int | str:
