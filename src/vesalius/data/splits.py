@@ -154,15 +154,13 @@ def save_subject_splits(
     ws = Workspace.resolve(workspace)
     case_ids = [c.case_id for c in Dataset.load(ws.dataset_dir(name)).cases]
     subjects = subjects_of(case_ids, pattern)
-    splits = grouped_kfold_splits(case_ids, subjects, folds)
     path = ws.splits_path(name)
-    if path.exists() and json.loads(path.read_text()) != splits:
+    if load_or_create_splits(path, case_ids, folds, groups=subjects) != grouped_kfold_splits(case_ids, subjects, folds):
         raise VesaliusError(
             "a different split was saved before (runs may have trained on its folds)",
             path,
             "delete the file to make the grouped split, then train the folds again",
         )
-    write_json_atomic(path, splits)
     return path
 
 
@@ -215,9 +213,10 @@ def load_or_create_splits(
     folds: int = DEFAULT_FOLDS,
     seed: int = DEFAULT_SEED,
     strata: Sequence[Hashable] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> list[dict[str, list[str]]]:
     """The splits saved at ``path``, created (and saved atomically) on first use; stratified when ``strata``
-    (one per case) are given."""
+    (one per case) are given, grouped by subject when ``groups`` (one per case) are."""
     if path.exists():
         splits = json.loads(path.read_text())
         known = {k for s in splits for k in s["val"]}
@@ -226,9 +225,11 @@ def load_or_create_splits(
                 "saved splits do not cover the data set's cases", path, "delete the file to make new splits"
             )
         return splits
-    if strata is None:
-        splits = kfold_splits(case_ids, folds, seed)
-    else:
+    if groups is not None:
+        splits = grouped_kfold_splits(case_ids, groups, folds, seed)
+    elif strata is not None:
         splits = stratified_kfold_splits(case_ids, strata, folds, seed)
+    else:
+        splits = kfold_splits(case_ids, folds, seed)
     write_json_atomic(path, splits)
     return splits
