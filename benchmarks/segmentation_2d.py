@@ -18,7 +18,9 @@ Each data set is imported once into ``benchmarks/.work/seg2d/ws`` as a user woul
 
 The script then plans for the CPU with the budget (``vesalius plan --time-budget``), trains one fold of the 5-fold
 split, and reports the validation cases' Dice per class after the decided post-processing; for vessels Dice is the
-F1 score. Extra figures per data set:
+F1 score. ``--group-by REGEX`` splits as ``vesalius plan --group-by`` does, each subject's cases in one fold, in a
+workspace of its own (``benchmarks/.work/seg2d/ws-grouped``), since a data set keeps the split it was first given.
+Extra figures per data set:
 
 - ``chase``: pixel AUC of the vessel probability, over all pixels of each image (the images come without field of
   view masks), and the second observer's F1 against the first on the same cases (the human baseline).
@@ -63,7 +65,7 @@ def _import(name: str, source: Path, workspace: Path = WORK) -> None:
         vesalius.import_dataset(source, name, workspace=workspace, **SOURCES[name][1])
 
 
-def _chase_extras(run: Path, source: Path, val: list[str]) -> dict[str, float]:
+def _chase_extras(run: Path, source: Path, val: list[str], workspace: Path) -> dict[str, float]:
     """Pixel AUC of the vessel probability on the validation images, and the second observer's F1."""
     from sklearn.metrics import roc_auc_score
 
@@ -71,7 +73,7 @@ def _chase_extras(run: Path, source: Path, val: list[str]) -> dict[str, float]:
     from vesalius.data.dataset import Dataset
     from vesalius.io import read_image
 
-    dataset = Dataset.load(WORK / "datasets" / "chase")
+    dataset = Dataset.load(workspace / "datasets" / "chase")
     scores, targets, human = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
@@ -93,12 +95,12 @@ def _chase_extras(run: Path, source: Path, val: list[str]) -> dict[str, float]:
     }
 
 
-def _lung_extras(run: Path, val: list[str]) -> dict[str, float]:
+def _lung_extras(run: Path, val: list[str], workspace: Path) -> dict[str, float]:
     """Per-patch detection rate and false-alarm rate from the validation predictions."""
     from vesalius.data.dataset import Dataset
     from vesalius.io import read_image
 
-    dataset = Dataset.load(WORK / "datasets" / "lung")
+    dataset = Dataset.load(workspace / "datasets" / "lung")
     found = missed = alarms = clean = 0
     for case_id in val:
         reference = read_image(dataset.label_path(dataset.case(case_id))).array[0] > 0
@@ -123,6 +125,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--network", default=None, help="Segmentation network family (default: the plan's).")
     parser.add_argument("--epochs", type=int, default=None, help="Epochs of 250 iterations (default: the plan's).")
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        metavar="REGEX",
+        help="Keep each subject's cases in one fold; the subject is the first group of REGEX in the case id.",
+    )
     args = parser.parse_args()
 
     import vesalius
@@ -135,27 +143,29 @@ def main() -> int:
         return 0
     budget_s = parse_duration(args.budget)
     start = time.perf_counter()
-    _import(name, source)
-    plan = vesalius.plan(name, workspace=WORK, device="cpu", time_budget_s=budget_s)
-    vesalius.preprocess(name, "2d", workspace=WORK)
+    workspace = WORK.with_name("ws-grouped") if args.group_by else WORK
+    _import(name, source, workspace)
+    plan = vesalius.plan(name, workspace=workspace, device="cpu", time_budget_s=budget_s, group_by=args.group_by)
+    vesalius.preprocess(name, "2d", workspace=workspace)
     prepared_s = time.perf_counter() - start
     settings: dict[str, Any] = {"seed": args.seed, "force": True}
     if args.network:
         settings["network"] = args.network
     if args.epochs:
         settings["epochs"] = args.epochs
-    result = vesalius.train(name, "2d", args.fold, workspace=WORK, report=False, **settings)
+    result = vesalius.train(name, "2d", args.fold, workspace=workspace, report=False, **settings)
     summary = result.validation or {}
     val = list(summary.get("cases", {}))
     extras: dict[str, float] = {}
     if name == "chase":
-        extras = _chase_extras(result.run_dir, source, val)
+        extras = _chase_extras(result.run_dir, source, val, workspace)
     elif name == "lung":
-        extras = _lung_extras(result.run_dir, val)
+        extras = _lung_extras(result.run_dir, val, workspace)
     configuration = plan.configurations["2d"]
     figures = {
         "dataset": name,
         "fold": args.fold,
+        "group_by": args.group_by,
         "seed": args.seed,
         "network": args.network or "plan",
         "budget_s": budget_s,
