@@ -27,12 +27,19 @@ Extra figures per data set:
 - ``lung``: the detection rate, the share of patches with a tumour where the prediction touches it, and the false
   alarms, the share of tumour-free patches where it predicts one.
 
+Each run's figures are kept in ``benchmarks/.work/seg2d/results``; ``--summary`` trains nothing and gives the
+cross-validation: the figures of every fold run so far with the same options, and their mean ± SD over the folds::
+
+    python benchmarks/segmentation_2d.py chase --summary
+
 Without ``../shared/data`` it says so and exits 0. Prints readable lines and one ``BENCHMARK_JSON {...}`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO_ROOT, dice_per_class, emit_json, machine_and_date, shared_data
 
 WORK = REPO_ROOT / "benchmarks" / ".work" / "seg2d" / "ws"
+RESULTS = WORK.with_name("results")
+#: The figures ``--summary`` averages over the folds (those a data set has).
+CV_FIGURES = ("dice_mean", "vessel_auc", "second_observer_f1", "detection_rate", "false_alarm_rate")
 
 #: data set -> (shared folder, import options)
 SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -117,6 +127,41 @@ def _lung_extras(run: Path, val: list[str], workspace: Path) -> dict[str, float]
     }
 
 
+def results_dir(workspace: Path, name: str, seed: int, network: str | None, epochs: int | None) -> Path:
+    """The folder of one cross-validation's figures, ``fold{K}.json`` a fold: one per workspace (grouped or not),
+    data set, seed, network and epochs."""
+    options = f"{name}__{network or 'plan'}__seed{seed}" + (f"__epochs{epochs}" if epochs else "")
+    return RESULTS / workspace.name / options
+
+
+def summarise_folds(folder: Path) -> dict[str, Any]:
+    """The saved folds' figures and, for each of :data:`CV_FIGURES` present in every fold, mean and SD over them."""
+    folds = [json.loads(path.read_text()) for path in sorted(folder.glob("fold*.json"))]
+    figures = [key for key in CV_FIGURES if folds and all(fold.get(key) is not None for fold in folds)]
+    values = {key: [float(fold[key]) for fold in folds] for key in figures}
+    return {
+        "folds": folds,
+        "mean": {key: statistics.fmean(v) for key, v in values.items()},
+        "sd": {key: statistics.stdev(v) if len(v) > 1 else None for key, v in values.items()},
+    }
+
+
+def _print_summary(name: str, summary: dict[str, Any]) -> None:
+    folds = summary["folds"]
+    keys = list(summary["mean"])
+    print(f"{name}: {len(folds)} folds, {sum(f['val_cases'] for f in folds)} validation cases")
+    print("| fold | val cases | iterations | " + " | ".join(keys) + " |")
+    print("|---" * (3 + len(keys)) + "|")
+    for fold in folds:
+        cells = " | ".join(f"{fold[key]:.4f}" for key in keys)
+        print(f"| {fold['fold']} | {fold['val_cases']} | {fold['iterations']} | {cells} |")
+    cells = " | ".join(
+        f"{summary['mean'][key]:.4f}" + (f" ± {summary['sd'][key]:.4f}" if summary["sd"][key] is not None else "")
+        for key in keys
+    )
+    print(f"| mean ± SD | | | {cells} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(SOURCES))
@@ -131,9 +176,13 @@ def main() -> int:
         metavar="REGEX",
         help="Keep each subject's cases in one fold; the subject is the first group of REGEX in the case id.",
     )
+    parser.add_argument(
+        "--summary", action="store_true", help="Train nothing: mean ± SD over the folds run with these options."
+    )
     args = parser.parse_args()
 
     import vesalius
+    from vesalius.io.atomic import write_json_atomic
     from vesalius.units import parse_duration
 
     name = args.dataset
@@ -141,9 +190,18 @@ def main() -> int:
     if source is None:
         print(f"skipped: ../shared/data/{SOURCES[name][0]} is absent")
         return 0
+    workspace = WORK.with_name("ws-grouped") if args.group_by else WORK
+    results = results_dir(workspace, name, args.seed, args.network, args.epochs)
+    if args.summary:
+        summary = summarise_folds(results)
+        if not summary["folds"]:
+            print(f"no folds run yet with these options (nothing in {results})")
+            return 1
+        _print_summary(name, summary)
+        emit_json({"benchmark": "segmentation_2d_cv", "dataset": name, "group_by": args.group_by, **summary})
+        return 0
     budget_s = parse_duration(args.budget)
     start = time.perf_counter()
-    workspace = WORK.with_name("ws-grouped") if args.group_by else WORK
     _import(name, source, workspace)
     plan = vesalius.plan(name, workspace=workspace, device="cpu", time_budget_s=budget_s, group_by=args.group_by)
     vesalius.preprocess(name, "2d", workspace=workspace)
@@ -190,7 +248,9 @@ def main() -> int:
         print(f"  Dice {label}: {dice:.4f}")
     for key, value in extras.items():
         print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
-    emit_json({"benchmark": "segmentation_2d", **machine_and_date(), **figures})
+    record = {"benchmark": "segmentation_2d", **machine_and_date(), **figures}
+    emit_json(record)
+    write_json_atomic(results / f"fold{args.fold}.json", record)
     return 0
 
 
